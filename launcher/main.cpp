@@ -1,0 +1,33 @@
+// retroinfer: long-context LLM inference with the KV cache as a vector store.
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+
+#include "launcher/commands.h"
+#include "parallel/mpi_world.h"
+#include "runtime/core/build_info.h"
+#include "runtime/core/error.h"
+#include "runtime/core/logging.h"
+
+int main(int argc, char** argv) {
+  retro::init_logging();
+  CLI::App app{"retroinfer: long-context LLM inference with the KV cache as a vector store (wave index + wave buffer)"};
+  app.set_version_flag("--version", retro::build_info().version);
+  app.require_subcommand(1);
+  retro::launcher::register_info_command(app);
+  try {
+    retro::parallel::init_mpi_world(&argc, &argv);
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const retro::Error& e) {
+    RETRO_LOG_ERROR("{}", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    RETRO_LOG_ERROR("unexpected error: {}", e.what());
+    return 1;
+  }
+  return 0;
+}
