@@ -1,0 +1,61 @@
+// Kernel launches of split-KV GQA decode attention (kernels in decode_attention.cuh). Argument
+// checks and planning live in decode_attention.cpp: CUDA translation units stay free of fmt.
+
+#include "attention/cuda/decode_attention.cuh"
+#include "attention/cuda/decode_attention.h"
+
+namespace retro::attention::cuda {
+
+namespace {
+
+template <int kHeadDim, int kGroup>
+cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* workspace,
+                   cudaStream_t stream) {
+  float* out_partial = nullptr;
+  float* lse_partial = nullptr;
+  if (plan.num_splits > 1) {
+    out_partial = static_cast<float*>(workspace);
+    lse_partial = out_partial + int64_t(p.batch) * p.num_q_heads * plan.num_splits * kHeadDim;
+  }
+  const float scale_log2 = p.sm_scale * 1.4426950408889634f;
+  dim3 grid(plan.num_splits, p.num_kv_heads, p.batch);
+  kernels::decode_attention_kernel<kHeadDim, kGroup><<<grid, kernels::kWarps * 32, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(p.q), p.q_stride_batch, static_cast<const __nv_bfloat16*>(p.k),
+      static_cast<const __nv_bfloat16*>(p.v), p.kv_stride_batch, p.kv_stride_head, p.kv_stride_token, p.seq_lens,
+      p.num_q_heads, plan.tokens_per_split, scale_log2, static_cast<__nv_bfloat16*>(p.out), p.lse, out_partial,
+      lse_partial);
+  cudaError_t st = cudaGetLastError();
+  if (st != cudaSuccess || plan.num_splits == 1) return st;
+  kernels::merge_splits_kernel<kHeadDim><<<p.batch * p.num_q_heads, kHeadDim, 0, stream>>>(
+      out_partial, lse_partial, plan.num_splits, static_cast<__nv_bfloat16*>(p.out), p.lse);
+  return cudaGetLastError();
+}
+
+template <int kHeadDim>
+cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* ws,
+                           cudaStream_t s) {
+  switch (p.num_q_heads / p.num_kv_heads) {
+    case 1: return launch<kHeadDim, 1>(p, plan, ws, s);
+    case 2: return launch<kHeadDim, 2>(p, plan, ws, s);
+    case 4: return launch<kHeadDim, 4>(p, plan, ws, s);
+    case 5: return launch<kHeadDim, 5>(p, plan, ws, s);
+    case 6: return launch<kHeadDim, 6>(p, plan, ws, s);
+    case 7: return launch<kHeadDim, 7>(p, plan, ws, s);
+    case 8: return launch<kHeadDim, 8>(p, plan, ws, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+bool decode_attention_group_supported(int group_size) {
+  return (group_size >= 1 && group_size <= 8 && group_size != 3);
+}
+
+cudaError_t launch_decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* workspace,
+                                    cudaStream_t stream) {
+  if (p.head_dim == 128) return dispatch_group<128>(p, plan, workspace, stream);
+  return dispatch_group<64>(p, plan, workspace, stream);
+}
+
+}  // namespace retro::attention::cuda

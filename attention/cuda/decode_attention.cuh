@@ -1,0 +1,207 @@
+#pragma once
+// Kernels of split-KV GQA decode attention. Framework-free: raw pointers and a params struct.
+//
+// Work split: one CTA per (split, KV head, sequence). Inside a CTA every warp walks tokens of its
+// chunk; a token row of head_dim bf16 is read by kLanesPerToken lanes, 8 elements (16 bytes) each,
+// so a warp covers kTokensPerStep tokens per step with coalesced 16-byte loads. Each lane keeps the
+// query slice of all kGroup heads and an online-softmax state (max, sum, 8 accumulators per head)
+// for the tokens its lane group saw; states merge by log-sum-exp across lane groups, warps and
+// finally splits. Scores use base-2 exponentials (log2(e) folded into the scale).
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "attention/cuda/decode_attention.h"
+
+namespace retro::attention::cuda::kernels {
+
+constexpr int kWarps = kDecodeWarps;
+constexpr int kUnroll = kDecodeUnroll;
+
+struct alignas(16) Bf16x8 {
+  __nv_bfloat162 h[4];
+};
+
+__device__ __forceinline__ void bf16x8_to_float(const Bf16x8& v, float* f) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 t = __bfloat1622float2(v.h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// Merges online-softmax state (m, l, acc) with (m2, l2, acc2); base-2 maxima.
+template <int kN>
+__device__ __forceinline__ void merge_online(float& m, float& l, float* acc, float m2, float l2, const float* acc2) {
+  float m_new = fmaxf(m, m2);
+  if (m_new == -INFINITY) return;  // both empty
+  float a = exp2f(m - m_new), b = exp2f(m2 - m_new);
+  l = l * a + l2 * b;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) acc[i] = acc[i] * a + acc2[i] * b;
+  m = m_new;
+}
+
+// Partial result of a split: out_partial [batch, num_q_heads, num_splits, head_dim] fp32 (normalised),
+// lse_partial [batch, num_q_heads, num_splits] fp32 base 2.
+template <int kHeadDim, int kGroup>
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_batch,
+                            const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                            int64_t kv_stride_batch, int64_t kv_stride_head, int64_t kv_stride_token,
+                            const int32_t* __restrict__ seq_lens, int num_q_heads, int tokens_per_split,
+                            float scale_log2, __nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                            float* __restrict__ out_partial, float* __restrict__ lse_partial) {
+  constexpr int kLanesPerToken = kHeadDim / 8;
+  constexpr int kTokensPerStep = 32 / kLanesPerToken;
+  const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+  const int num_splits = gridDim.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int slot = lane / kLanesPerToken;  // which token of the step this lane group reads
+  const int part = lane % kLanesPerToken;  // which 8 elements of the row this lane reads
+
+  const int len = seq_lens[b];
+  const int begin = split * tokens_per_split;
+  const int end = min(len, begin + tokens_per_split);
+
+  // Query slice of every head of the group, pre-scaled.
+  float qf[kGroup][8];
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    const int head = kv_head * kGroup + g;
+    Bf16x8 raw = *reinterpret_cast<const Bf16x8*>(q + b * q_stride_batch + int64_t(head) * kHeadDim + part * 8);
+    bf16x8_to_float(raw, qf[g]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qf[g][i] *= scale_log2;
+  }
+
+  float m[kGroup], l[kGroup], acc[kGroup][8];
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  }
+
+  const __nv_bfloat16* kbase = k + b * kv_stride_batch + kv_head * kv_stride_head + part * 8;
+  const __nv_bfloat16* vbase = v + b * kv_stride_batch + kv_head * kv_stride_head + part * 8;
+  constexpr int kCtaStep = kWarps * kTokensPerStep * kUnroll;
+  for (int t0 = begin + (warp * kUnroll) * kTokensPerStep; t0 < end; t0 += kCtaStep) {
+    Bf16x8 kr[kUnroll], vr[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokensPerStep + slot;
+      if (t < end) {
+        kr[u] = *reinterpret_cast<const Bf16x8*>(kbase + int64_t(t) * kv_stride_token);
+        vr[u] = *reinterpret_cast<const Bf16x8*>(vbase + int64_t(t) * kv_stride_token);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokensPerStep + slot;
+      float kf[8], vf[8];
+      bf16x8_to_float(kr[u], kf);
+      bf16x8_to_float(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s = fmaf(qf[g][i], kf[i], s);
+#pragma unroll
+        for (int off = kLanesPerToken / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (t < end) {
+          const float m_new = fmaxf(m[g], s);
+          const float corr = exp2f(m[g] - m_new);
+          const float p = exp2f(s - m_new);
+          l[g] = l[g] * corr + p;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i] * corr);
+          m[g] = m_new;
+        }
+      }
+    }
+  }
+
+  // Merge the lane groups of the warp (lanes with the same `part`).
+#pragma unroll
+  for (int off = kLanesPerToken; off < 32; off *= 2) {
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      float m2 = __shfl_xor_sync(0xffffffffu, m[g], off);
+      float l2 = __shfl_xor_sync(0xffffffffu, l[g], off);
+      float a2[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) a2[i] = __shfl_xor_sync(0xffffffffu, acc[g][i], off);
+      merge_online<8>(m[g], l[g], acc[g], m2, l2, a2);
+    }
+  }
+
+  // Merge the warps through shared memory: warp w's lanes of slot 0 hold its state.
+  __shared__ float sm_m[kWarps][kGroup], sm_l[kWarps][kGroup];
+  __shared__ float sm_acc[kWarps][kGroup][kHeadDim];
+  if (slot == 0) {
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      if (part == 0) {
+        sm_m[warp][g] = m[g];
+        sm_l[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sm_acc[warp][g][part * 8 + i] = acc[g][i];
+    }
+  }
+  __syncthreads();
+  // Thread i of the CTA finalises element (g, d) pairs.
+  for (int idx = threadIdx.x; idx < kGroup * kHeadDim; idx += kWarps * 32) {
+    const int g = idx / kHeadDim, d = idx % kHeadDim;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sm_m[w][g]);
+    float ll = 0.0f, a = 0.0f;
+    if (mm != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        float c = exp2f(sm_m[w][g] - mm);
+        ll += sm_l[w][g] * c;
+        a += sm_acc[w][g][d] * c;
+      }
+    }
+    const int head = kv_head * kGroup + g;
+    const float o = ll > 0.0f ? a / ll : 0.0f;
+    const float lse2 = ll > 0.0f ? mm + log2f(ll) : -INFINITY;
+    if (num_splits == 1) {
+      out[(int64_t(b) * num_q_heads + head) * kHeadDim + d] = __float2bfloat16(o);
+      if (lse != nullptr && d == 0) lse[int64_t(b) * num_q_heads + head] = lse2 * 0.69314718055994531f;
+    } else {
+      const int64_t row = (int64_t(b) * num_q_heads + head) * num_splits + split;
+      out_partial[row * kHeadDim + d] = o;
+      if (d == 0) lse_partial[row] = lse2;
+    }
+  }
+}
+
+// Merges the splits of every (sequence, query head): one CTA per row, head_dim threads.
+template <int kHeadDim>
+__global__ void merge_splits_kernel(const float* __restrict__ out_partial, const float* __restrict__ lse_partial,
+                                    int num_splits, __nv_bfloat16* __restrict__ out, float* __restrict__ lse) {
+  const int64_t row = blockIdx.x;  // b * num_q_heads + head
+  const int d = threadIdx.x;
+  const float* lp = lse_partial + row * num_splits;
+  float mm = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) mm = fmaxf(mm, lp[s]);
+  float sum = 0.0f, a = 0.0f;
+  if (mm != -INFINITY) {
+    for (int s = 0; s < num_splits; ++s) {
+      float w = exp2f(lp[s] - mm);
+      sum += w;
+      a += w * out_partial[(row * num_splits + s) * kHeadDim + d];
+    }
+  }
+  out[row * kHeadDim + d] = __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
+  if (lse != nullptr && d == 0) lse[row] = sum > 0.0f ? (mm + log2f(sum)) * 0.69314718055994531f : -INFINITY;
+}
+
+}  // namespace retro::attention::cuda::kernels
