@@ -4,6 +4,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -20,12 +21,18 @@ struct RopeScaling {
   // llama3
   float low_freq_factor = 1.0f;
   float high_freq_factor = 4.0f;
+  // llama3 and yarn: the pretraining context (yarn configs without it use max_position_embeddings)
   int original_max_position_embeddings = 0;
   // yarn
   float beta_fast = 32.0f;
   float beta_slow = 1.0f;
-  float attention_factor = 0.0f;  // 0: derived (0.1 ln(factor) + 1)
+  float attention_factor = 0.0f;  // 0: derived from factor (and mscale / mscale_all_dim when both are set)
+  float mscale = 0.0f;            // 0: unset
+  float mscale_all_dim = 0.0f;    // 0: unset
+  bool truncate = true;           // round the correction range to whole dimensions
 };
+
+const char* rope_scaling_type_name(RopeScalingType type);  // "default", "linear", "llama3", "yarn"
 
 struct ModelConfig {
   std::string architecture;  // "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"
@@ -43,6 +50,7 @@ struct ModelConfig {
   int max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
+  bool attention_out_bias = false;  // o_proj carries a bias too (Llama with attention_bias; never Qwen2)
   bool mlp_bias = false;
   DType dtype = DType::kBF16;  // torch_dtype / dtype of the checkpoint
   int bos_token_id = -1;
@@ -50,8 +58,19 @@ struct ModelConfig {
   int sliding_window = 0;  // 0: none
 
   int group_size() const { return num_heads / num_kv_heads; }  // query heads per KV head
+  int64_t q_size() const { return static_cast<int64_t>(num_heads) * head_dim; }      // q_proj out_features
+  int64_t kv_size() const { return static_cast<int64_t>(num_kv_heads) * head_dim; }  // k/v_proj out_features
   // Throws retro::Error (kInvalidInput) naming the first inconsistent field.
   void validate() const;
 };
+
+// Reads a Hugging Face config.json (already parsed). Accepts both the transformers-5 `rope_parameters`
+// object and the older top-level `rope_theta` + `rope_scaling`, `torch_dtype` or `dtype`, an eos id or a
+// list of them. Throws retro::Error (kInvalidInput) naming `source` and the field for a missing required
+// field, a field of the wrong type or an unknown architecture; kUnsupported for a recognised feature the
+// runtime does not implement (another activation, dynamic or longrope RoPE). The result is validated.
+ModelConfig parse_model_config(const nlohmann::json& config, const std::string& source = "config.json");
+// Reads `dir_or_file` (a model directory holding config.json, or the file itself).
+ModelConfig load_model_config(const std::filesystem::path& dir_or_file);
 
 }  // namespace retro::runtime
