@@ -230,14 +230,7 @@ void split_pieces(std::vector<Piece>& pieces, const Pattern& pattern, SplitBehav
           }
           break;
         case SplitBehavior::kMergedWithNext:
-          if (pending_next) {
-            ranges.back().second = s.end;
-            pending_next = s.delimiter;
-          } else {
-            ranges.emplace_back(s.begin, s.end);
-            pending_next = s.delimiter;
-          }
-          break;
+          break;  // handled below, right to left
         case SplitBehavior::kContiguous:
           if (s.delimiter && pending_next) {
             ranges.back().second = s.end;
@@ -247,6 +240,19 @@ void split_pieces(std::vector<Piece>& pieces, const Pattern& pattern, SplitBehav
           pending_next = s.delimiter;
           break;
       }
+    }
+    if (behavior == SplitBehavior::kMergedWithNext) {
+      // Mirror of kMergedWithPrevious: a delimiter joins the span after it unless that is a delimiter too.
+      bool next_is_delimiter = false;
+      for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
+        if (it->delimiter && !next_is_delimiter && !ranges.empty()) {
+          ranges.back().first = it->begin;
+        } else {
+          ranges.emplace_back(it->begin, it->end);
+        }
+        next_is_delimiter = it->delimiter;
+      }
+      std::reverse(ranges.begin(), ranges.end());
     }
     for (auto [b, e] : ranges) {
       if (e > b) out.push_back(Piece{std::string(text.substr(b, e - b)), piece.at_start && b == 0});
