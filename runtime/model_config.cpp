@@ -1,10 +1,9 @@
 #include "runtime/model_config.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "runtime/core/error.h"
@@ -120,9 +119,9 @@ class Fields {
     // 8192.0 is an integer too: some exporters write every number as a float.
     RETRO_CHECK_INPUT(v.is_number(), "{}: field '{}' must be an integer, got {}", source_, path(key), v.dump());
     double d = v.get<double>();
-    RETRO_CHECK_INPUT(std::floor(d) == d && d >= std::numeric_limits<int>::min() &&
-                          d <= std::numeric_limits<int>::max(),
-                      "{}: field '{}' must be an integer that fits 32 bits, got {}", source_, path(key), v.dump());
+    RETRO_CHECK_INPUT(
+        std::floor(d) == d && d >= std::numeric_limits<int>::min() && d <= std::numeric_limits<int>::max(),
+        "{}: field '{}' must be an integer that fits 32 bits, got {}", source_, path(key), v.dump());
     return static_cast<int>(d);
   }
   double to_number(const json& v, const char* key) const {
@@ -192,12 +191,14 @@ void parse_rope(const Fields& top, const json& config, const std::string& source
     return;
   }
   if (type == "dynamic" || type == "longrope" || type == "su" || type == "proportional") {
-    RETRO_THROW_KIND(ErrorKind::kUnsupported, "{}: RoPE type '{}' in field '{}' is not implemented (supported: "
-                     "default, linear, llama3, yarn)", source, type, type_field);
+    RETRO_THROW_KIND(ErrorKind::kUnsupported,
+                     "{}: RoPE type '{}' in field '{}' is not implemented (supported: "
+                     "default, linear, llama3, yarn)",
+                     source, type, type_field);
   }
   // Pretraining context: a top-level original_max_position_embeddings wins, as transformers does.
-  int original = top.optional_int("original_max_position_embeddings",
-                                  p.optional_int("original_max_position_embeddings", 0));
+  int original =
+      top.optional_int("original_max_position_embeddings", p.optional_int("original_max_position_embeddings", 0));
   if (type == "linear") {
     rs.type = RopeScalingType::kLinear;
     rs.factor = static_cast<float>(p.required_number("factor"));
@@ -224,8 +225,10 @@ void parse_rope(const Fields& top, const json& config, const std::string& source
     rs.mscale_all_dim = static_cast<float>(p.optional_number("mscale_all_dim", 0.0));
     rs.truncate = p.optional_bool("truncate", true);
   } else {
-    RETRO_THROW_KIND(ErrorKind::kInvalidInput, "{}: unknown RoPE type '{}' in field '{}' (supported: default, "
-                     "linear, llama3, yarn)", source, type, type_field);
+    RETRO_THROW_KIND(ErrorKind::kInvalidInput,
+                     "{}: unknown RoPE type '{}' in field '{}' (supported: default, "
+                     "linear, llama3, yarn)",
+                     source, type, type_field);
   }
 }
 
@@ -338,8 +341,7 @@ ModelConfig parse_model_config(const json& config, const std::string& source) {
       // Qwen2's q/k/v projections always carry a bias; its configs usually do not say so.
       out.attention_bias = true;
       out.mlp_bias = false;
-      out.sliding_window =
-          top.optional_bool("use_sliding_window", false) ? top.optional_int("sliding_window", 0) : 0;
+      out.sliding_window = top.optional_bool("use_sliding_window", false) ? top.optional_int("sliding_window", 0) : 0;
       break;
     case Family::kMistral:
       out.attention_bias = false;

@@ -49,7 +49,7 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   int max_position_embeddings = 0;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
+  bool attention_bias = false;      // q/k/v projections carry a bias (Qwen2)
   bool attention_out_bias = false;  // o_proj carries a bias too (Llama with attention_bias; never Qwen2)
   bool mlp_bias = false;
   DType dtype = DType::kBF16;  // torch_dtype / dtype of the checkpoint
@@ -57,7 +57,7 @@ struct ModelConfig {
   std::vector<int> eos_token_ids;
   int sliding_window = 0;  // 0: none
 
-  int group_size() const { return num_heads / num_kv_heads; }  // query heads per KV head
+  int group_size() const { return num_heads / num_kv_heads; }                        // query heads per KV head
   int64_t q_size() const { return static_cast<int64_t>(num_heads) * head_dim; }      // q_proj out_features
   int64_t kv_size() const { return static_cast<int64_t>(num_kv_heads) * head_dim; }  // k/v_proj out_features
   // Throws retro::Error (kInvalidInput) naming the first inconsistent field.

@@ -58,8 +58,8 @@ void validate_weights(const ModelConfig& config, const WeightSource& source) {
       problems.push_back(fmt::format("tensor '{}' has shape {}, the config expects {}", want.name, have.shape.str(),
                                      want.shape.str()));
     } else if (have.dtype != DType::kBF16 && have.dtype != DType::kFP16 && have.dtype != DType::kFP32) {
-      problems.push_back(fmt::format("tensor '{}' is stored as {}, expected bf16, fp16 or fp32", want.name,
-                                     dtype_name(have.dtype)));
+      problems.push_back(
+          fmt::format("tensor '{}' is stored as {}, expected bf16, fp16 or fp32", want.name, dtype_name(have.dtype)));
     }
   }
   if (problems.empty()) return;

@@ -44,8 +44,10 @@ std::unique_ptr<WeightSource> open_model(const std::string& spec, ModelConfig* c
       // GGUF files carry their config in their metadata; their reader plugs in here.
       RETRO_THROW_KIND(ErrorKind::kUnsupported, "model spec '{}': GGUF files are not supported yet", spec);
     }
-    RETRO_CHECK_KIND(fs::exists(path), ErrorKind::kIo, "model spec '{}' is neither 'preset:NAME' nor an existing "
-                     "file or directory", spec);
+    RETRO_CHECK_KIND(fs::exists(path), ErrorKind::kIo,
+                     "model spec '{}' is neither 'preset:NAME' nor an existing "
+                     "file or directory",
+                     spec);
     fs::path dir = fs::is_directory(path) ? path : path.parent_path();
     if (dir.empty()) dir = ".";
     config = load_model_config(dir);

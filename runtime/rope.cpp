@@ -91,8 +91,7 @@ RopeFrequencies compute_yarn(int rotary_dim, float theta, const RopeScaling& s, 
 
 RopeFrequencies compute_rope_frequencies(int rotary_dim, float theta, const RopeScaling& scaling,
                                          int max_position_embeddings) {
-  RETRO_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rotary dimension must be positive and even, got {}",
-              rotary_dim);
+  RETRO_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rotary dimension must be positive and even, got {}", rotary_dim);
   RETRO_CHECK(theta > 1.0f, "rope theta must be greater than 1, got {}", theta);
   if (scaling.type == RopeScalingType::kYarn) return compute_yarn(rotary_dim, theta, scaling, max_position_embeddings);
 
@@ -102,8 +101,7 @@ RopeFrequencies compute_rope_frequencies(int rotary_dim, float theta, const Rope
   for (size_t i = 0; i < powers.size(); ++i) out.inv_freq[i] = static_cast<float>(1.0 / powers[i]);
   switch (scaling.type) {
     case RopeScalingType::kNone:
-    case RopeScalingType::kYarn:
-      break;
+    case RopeScalingType::kYarn: break;
     case RopeScalingType::kLinear:
       RETRO_CHECK(scaling.factor > 0.0f, "linear rope scaling factor must be positive, got {}", scaling.factor);
       for (float& f : out.inv_freq) f /= scaling.factor;
@@ -125,9 +123,9 @@ RopeFrequencies compute_rope_frequencies(const ModelConfig& config) {
 
 RopeTable::RopeTable(const ModelConfig& config) : RopeTable(config.head_dim, compute_rope_frequencies(config)) {}
 
-RopeTable::RopeTable(int rotary_dim, RopeFrequencies frequencies) : rotary_dim_(rotary_dim), freq_(std::move(frequencies)) {
-  RETRO_CHECK(rotary_dim_ > 0 && rotary_dim_ % 2 == 0 &&
-                  freq_.inv_freq.size() == static_cast<size_t>(rotary_dim_ / 2),
+RopeTable::RopeTable(int rotary_dim, RopeFrequencies frequencies)
+    : rotary_dim_(rotary_dim), freq_(std::move(frequencies)) {
+  RETRO_CHECK(rotary_dim_ > 0 && rotary_dim_ % 2 == 0 && freq_.inv_freq.size() == static_cast<size_t>(rotary_dim_ / 2),
               "rope table of dimension {} needs {} frequencies, got {}", rotary_dim_, rotary_dim_ / 2,
               freq_.inv_freq.size());
 }
@@ -162,8 +160,8 @@ void RopeTable::apply(float* x, int64_t n_tokens, int n_heads, int head_dim, con
 void RopeTable::apply(const Tensor& x, std::span<const int64_t> positions) const {
   RETRO_CHECK(x.device().is_cpu() && x.dtype() == DType::kFP32 && x.is_contiguous(),
               "rope expects a contiguous fp32 host tensor, got {}", x.str());
-  RETRO_CHECK(x.dim() == 2 || x.dim() == 3, "rope expects [n_tokens, n_heads, head_dim] or [n_tokens, head_dim], got {}",
-              x.shape().str());
+  RETRO_CHECK(x.dim() == 2 || x.dim() == 3,
+              "rope expects [n_tokens, n_heads, head_dim] or [n_tokens, head_dim], got {}", x.shape().str());
   RETRO_CHECK(static_cast<int64_t>(positions.size()) == x.size(0), "{} positions for {} tokens", positions.size(),
               x.size(0));
   const int n_heads = x.dim() == 3 ? static_cast<int>(x.size(1)) : 1;

@@ -1,10 +1,9 @@
 #include "runtime/safetensors.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
 
@@ -31,12 +30,12 @@ struct StoredDType {
 // Every dtype string the safetensors format defines with a whole-byte element; the readable ones map
 // to runtime dtypes.
 constexpr StoredDType kStoredDTypes[] = {
-    {"BF16", 2, true, DType::kBF16},     {"F16", 2, true, DType::kFP16},     {"F32", 4, true, DType::kFP32},
-    {"F8_E4M3", 1, true, DType::kFP8E4M3}, {"I32", 4, true, DType::kInt32},  {"I8", 1, true, DType::kInt8},
-    {"BOOL", 1, false, DType::kInt8},    {"U8", 1, false, DType::kInt8},     {"F8_E5M2", 1, false, DType::kInt8},
-    {"F8_E8M0", 1, false, DType::kInt8}, {"I16", 2, false, DType::kInt8},    {"U16", 2, false, DType::kInt8},
-    {"U32", 4, false, DType::kInt8},     {"I64", 8, false, DType::kInt8},    {"U64", 8, false, DType::kInt8},
-    {"F64", 8, false, DType::kInt8},     {"C64", 8, false, DType::kInt8},
+    {"BF16", 2, true, DType::kBF16},       {"F16", 2, true, DType::kFP16},  {"F32", 4, true, DType::kFP32},
+    {"F8_E4M3", 1, true, DType::kFP8E4M3}, {"I32", 4, true, DType::kInt32}, {"I8", 1, true, DType::kInt8},
+    {"BOOL", 1, false, DType::kInt8},      {"U8", 1, false, DType::kInt8},  {"F8_E5M2", 1, false, DType::kInt8},
+    {"F8_E8M0", 1, false, DType::kInt8},   {"I16", 2, false, DType::kInt8}, {"U16", 2, false, DType::kInt8},
+    {"U32", 4, false, DType::kInt8},       {"I64", 8, false, DType::kInt8}, {"U64", 8, false, DType::kInt8},
+    {"F64", 8, false, DType::kInt8},       {"C64", 8, false, DType::kInt8},
 };
 
 const StoredDType* find_stored_dtype(const std::string& name) {
@@ -66,8 +65,10 @@ bool as_u64(const json& v, uint64_t* out) {
 }
 
 void check_destination(const std::string& where, const WeightInfo& info, const Tensor& dst) {
-  RETRO_CHECK(dst.device().is_cpu() && dst.is_contiguous(), "{}: tensor '{}' must be read into a contiguous host "
-              "tensor, got {}", where, info.name, dst.str());
+  RETRO_CHECK(dst.device().is_cpu() && dst.is_contiguous(),
+              "{}: tensor '{}' must be read into a contiguous host "
+              "tensor, got {}",
+              where, info.name, dst.str());
   RETRO_CHECK(dst.shape() == info.shape, "{}: tensor '{}' has shape {}, destination has shape {}", where, info.name,
               info.shape.str(), dst.shape().str());
   const bool both_floating = is_floating(info.dtype) && is_floating(dst.dtype());
@@ -108,8 +109,10 @@ void SafetensorsFile::Impl::parse() {
                     where(), size);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file.data()[i];  // little-endian
-  RETRO_CHECK_INPUT(header_len <= size - 8, "{}: header length {} runs past the end of the file ({} bytes; "
-                    "truncated, or not a safetensors file)", where(), header_len, size);
+  RETRO_CHECK_INPUT(header_len <= size - 8,
+                    "{}: header length {} runs past the end of the file ({} bytes; "
+                    "truncated, or not a safetensors file)",
+                    where(), header_len, size);
   RETRO_CHECK_INPUT(header_len <= kMaxHeaderBytes, "{}: header length {} exceeds the {}-byte limit", where(),
                     header_len, kMaxHeaderBytes);
   data_start = 8 + header_len;
@@ -143,8 +146,8 @@ void SafetensorsFile::Impl::parse() {
   for (size_t i = 1; i < order.size(); ++i) {
     const Entry& a = *order[i - 1];
     const Entry& b = *order[i];
-    RETRO_CHECK_INPUT(b.begin >= a.end, "{}: tensors '{}' (bytes [{}, {})) and '{}' (bytes [{}, {})) overlap",
-                      where(), a.info.name, a.begin, a.end, b.info.name, b.begin, b.end);
+    RETRO_CHECK_INPUT(b.begin >= a.end, "{}: tensors '{}' (bytes [{}, {})) and '{}' (bytes [{}, {})) overlap", where(),
+                      a.info.name, a.begin, a.end, b.info.name, b.begin, b.end);
   }
 
   for (const auto& [name, e] : entries)
@@ -170,8 +173,10 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const json& val
   e.stored = find_stored_dtype(dtype_str);
   RETRO_CHECK_INPUT(e.stored != nullptr, "{}: tensor '{}': unknown dtype '{}'", w, name, dtype_str);
 
-  RETRO_CHECK_INPUT(shape_it->size() <= static_cast<size_t>(kMaxDims), "{}: tensor '{}': shape {} has more than {} "
-                    "dimensions", w, name, shape_it->dump(), kMaxDims);
+  RETRO_CHECK_INPUT(shape_it->size() <= static_cast<size_t>(kMaxDims),
+                    "{}: tensor '{}': shape {} has more than {} "
+                    "dimensions",
+                    w, name, shape_it->dump(), kMaxDims);
   uint64_t numel = 1;
   bool overflow = false;
   for (const json& d : *shape_it) {
@@ -188,14 +193,20 @@ void SafetensorsFile::Impl::parse_entry(const std::string& name, const json& val
                     "{}: tensor '{}': data_offsets {} must be non-negative integers", w, name, offsets_it->dump());
   RETRO_CHECK_INPUT(e.begin <= e.end, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", w, name, e.begin,
                     e.end);
-  RETRO_CHECK_INPUT(!overflow && needed == e.end - e.begin, "{}: tensor '{}': shape {} of {} needs {} bytes but "
-                    "data_offsets [{}, {}] span {}", w, name, e.info.shape.str(), dtype_str,
-                    overflow ? std::string("more than 2^64") : std::to_string(needed), e.begin, e.end,
-                    e.end - e.begin);
-  RETRO_CHECK_INPUT(e.end <= data_bytes, "{}: tensor '{}': data_offsets [{}, {}] run past the end of the data area "
-                    "({} bytes; the file may be truncated)", w, name, e.begin, e.end, data_bytes);
-  RETRO_CHECK_INPUT(e.begin % e.stored->size == 0, "{}: tensor '{}': data offset {} is misaligned for {} "
-                    "({}-byte elements)", w, name, e.begin, dtype_str, e.stored->size);
+  RETRO_CHECK_INPUT(!overflow && needed == e.end - e.begin,
+                    "{}: tensor '{}': shape {} of {} needs {} bytes but "
+                    "data_offsets [{}, {}] span {}",
+                    w, name, e.info.shape.str(), dtype_str,
+                    overflow ? std::string("more than 2^64") : std::to_string(needed), e.begin, e.end, e.end - e.begin);
+  RETRO_CHECK_INPUT(e.end <= data_bytes,
+                    "{}: tensor '{}': data_offsets [{}, {}] run past the end of the data area "
+                    "({} bytes; the file may be truncated)",
+                    w, name, e.begin, e.end, data_bytes);
+  // Empty tensors occupy no bytes, so their offset cannot be misaligned.
+  RETRO_CHECK_INPUT(e.begin == e.end || e.begin % e.stored->size == 0,
+                    "{}: tensor '{}': data offset {} is misaligned for {} "
+                    "({}-byte elements)",
+                    w, name, e.begin, dtype_str, e.stored->size);
 
   e.info.name = name;
   e.info.dtype = e.stored->dtype;
@@ -247,7 +258,7 @@ void SafetensorsFile::read(const std::string& name, const Tensor& dst) const {
 Tensor SafetensorsFile::mapped(const std::string& name) const {
   const Entry& e = impl_->entry(name);
   const uint8_t* src = impl_->bytes(e);
-  RETRO_CHECK_KIND(reinterpret_cast<uintptr_t>(src) % e.stored->size == 0, ErrorKind::kUnsupported,
+  RETRO_CHECK_KIND(e.begin == e.end || reinterpret_cast<uintptr_t>(src) % e.stored->size == 0, ErrorKind::kUnsupported,
                    "{}: tensor '{}' is not aligned in memory; read() it instead", impl_->where(), name);
   return Tensor(const_cast<uint8_t*>(src), e.info.dtype, e.info.shape);
 }
@@ -283,16 +294,19 @@ ShardedSafetensors::ShardedSafetensors(const std::filesystem::path& index_path) 
     const std::string file = value.get<std::string>();
     const std::filesystem::path rel(file);
     // Shards live beside the index; a path escaping the directory is a lying index, not a layout.
-    const bool escapes = rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const auto& part) {
-                           return part == "..";
-                         });
-    RETRO_CHECK_INPUT(!file.empty() && !escapes, "{}: tensor '{}' maps to shard '{}', which is not a file name inside "
-                      "the checkpoint directory", where, name, file);
+    const bool escapes =
+        rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const auto& part) { return part == ".."; });
+    RETRO_CHECK_INPUT(!file.empty() && !escapes,
+                      "{}: tensor '{}' maps to shard '{}', which is not a file name inside "
+                      "the checkpoint directory",
+                      where, name, file);
     auto it = shard_by_file.find(file);
     if (it == shard_by_file.end()) {
       const std::filesystem::path shard_path = dir / rel;
-      RETRO_CHECK_INPUT(std::filesystem::is_regular_file(shard_path), "{}: tensor '{}' maps to shard '{}', but {} "
-                        "does not exist", where, name, file, shard_path.string());
+      RETRO_CHECK_INPUT(std::filesystem::is_regular_file(shard_path),
+                        "{}: tensor '{}' maps to shard '{}', but {} "
+                        "does not exist",
+                        where, name, file, shard_path.string());
       it = shard_by_file.emplace(file, shard_paths_.size()).first;
       shard_paths_.push_back(shard_path);
     }
@@ -350,8 +364,10 @@ std::unique_ptr<WeightSource> load_weight_source(const std::filesystem::path& di
   if (fs::is_regular_file(index)) return std::make_unique<ShardedSafetensors>(index);
   const fs::path single = dir_or_file / "model.safetensors";
   if (fs::is_regular_file(single)) return std::make_unique<SafetensorsFile>(single);
-  RETRO_THROW_KIND(ErrorKind::kInvalidInput, "no safetensors checkpoint in {} (looked for "
-                   "model.safetensors.index.json and model.safetensors)", dir_or_file.string());
+  RETRO_THROW_KIND(ErrorKind::kInvalidInput,
+                   "no safetensors checkpoint in {} (looked for "
+                   "model.safetensors.index.json and model.safetensors)",
+                   dir_or_file.string());
 }
 
 }  // namespace retro::runtime

@@ -43,7 +43,8 @@ bool ends_with(const std::string& s, const char* suffix) {
 
 }  // namespace
 
-SyntheticWeightSource::SyntheticWeightSource(ModelConfig config, uint64_t seed) : config_(std::move(config)), seed_(seed) {
+SyntheticWeightSource::SyntheticWeightSource(ModelConfig config, uint64_t seed)
+    : config_(std::move(config)), seed_(seed) {
   config_.validate();
   const float residual = 1.0f / std::sqrt(2.0f * static_cast<float>(config_.num_layers));
   for (WeightInfo& info : expected_weights(config_)) {
@@ -96,8 +97,10 @@ void SyntheticWeightSource::generate(const std::string& name, int64_t first, int
 
 void SyntheticWeightSource::read(const std::string& name, const Tensor& dst) const {
   const Spec& s = spec(name);
-  RETRO_CHECK(dst.device().is_cpu() && dst.is_contiguous(), "tensor '{}' must be read into a contiguous host tensor, "
-              "got {}", name, dst.str());
+  RETRO_CHECK(dst.device().is_cpu() && dst.is_contiguous(),
+              "tensor '{}' must be read into a contiguous host tensor, "
+              "got {}",
+              name, dst.str());
   RETRO_CHECK(dst.shape() == s.info.shape, "tensor '{}' has shape {}, destination has shape {}", name,
               s.info.shape.str(), dst.shape().str());
   RETRO_CHECK(is_floating(dst.dtype()), "tensor '{}' cannot be read as {}", name, dtype_name(dst.dtype()));
