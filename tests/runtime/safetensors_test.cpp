@@ -12,7 +12,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -317,6 +319,47 @@ TEST_F(SafetensorsFiles, MissingTensorIsNamed) {
   float x = 0;
   expect_error([&] { f.read("lm_head.weight", Tensor(&x, DType::kFP32, {1})); }, ErrorKind::kInvalidInput,
                {"lm_head.weight", "missing", "a.safetensors"});
+}
+
+TEST_F(SafetensorsFiles, CorruptedOrTruncatedBytesGiveErrorsNeverCrashes) {
+  const ModelConfig c = micro_config();
+  const fs::path good = dir_ / "good.safetensors";
+  write_safetensors(good, micro_tensors(c), json{{"format", "pt"}});
+  std::ifstream in(good, std::ios::binary);
+  const std::vector<char> original((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(original[i]);
+
+  std::mt19937 rng(1234);
+  const fs::path bad = dir_ / "bad.safetensors";
+  int rejected = 0;
+  for (int trial = 0; trial < 600; ++trial) {
+    std::vector<char> bytes = original;
+    if (trial % 3 == 0) {
+      bytes.resize(std::uniform_int_distribution<size_t>(0, bytes.size() - 1)(rng));
+    } else {
+      // Corrupt the length prefix and the header, where every lie lives.
+      const int flips = std::uniform_int_distribution<int>(1, 3)(rng);
+      for (int k = 0; k < flips; ++k) {
+        const size_t at = std::uniform_int_distribution<size_t>(0, 8 + header_len - 1)(rng);
+        bytes[at] = static_cast<char>(std::uniform_int_distribution<int>(0, 255)(rng));
+      }
+    }
+    { std::ofstream(bad, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size())); }
+    try {
+      SafetensorsFile f(bad);
+      for (const std::string& name : f.names()) {
+        const WeightInfo info = f.info(name);
+        if (!is_floating(info.dtype)) continue;
+        std::vector<float> out(static_cast<size_t>(info.shape.numel()));
+        f.read(name, Tensor(out.data(), DType::kFP32, info.shape));
+      }
+    } catch (const Error& e) {
+      ASSERT_TRUE(e.kind() == ErrorKind::kInvalidInput || e.kind() == ErrorKind::kUnsupported) << e.what();
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 300);  // most corruptions are caught; the rest are harmless (a changed digit of data)
 }
 
 // ---- against a config -------------------------------------------------------------------------
