@@ -13,6 +13,7 @@
 
 #include "launcher/bench_util.h"
 #include "launcher/commands.h"
+#include "runtime/core/allocator.h"
 #include "runtime/core/error.h"
 
 #ifdef RETRO_WITH_CUDA

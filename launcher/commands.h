@@ -7,5 +7,9 @@
 namespace retro::launcher {
 
 void register_info_command(CLI::App& app);
+void register_generate_command(CLI::App& app);
+void register_demo_command(CLI::App& app);
+// `bench` subcommands of the GPU attention kernels, added to the app's `bench` command.
+void register_gpu_attention_benches(CLI::App& bench);
 
 }  // namespace retro::launcher

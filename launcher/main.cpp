@@ -17,6 +17,11 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", retro::build_info().version);
   app.require_subcommand(1);
   retro::launcher::register_info_command(app);
+  retro::launcher::register_generate_command(app);
+  retro::launcher::register_demo_command(app);
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks: print a markdown table, optionally JSON lines");
+  bench->require_subcommand(1);
+  retro::launcher::register_gpu_attention_benches(*bench);
   try {
     retro::parallel::init_mpi_world(&argc, &argv);
     app.parse(argc, argv);

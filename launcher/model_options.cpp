@@ -1,0 +1,60 @@
+#include "launcher/model_options.h"
+
+#include "runtime/core/error.h"
+#include "runtime/open_model.h"
+#include "runtime/open_tokenizer.h"
+
+namespace retro::launcher {
+
+attention::AttentionMode ModelOptions::attention_mode() const {
+  if (attention == "dense") return attention::AttentionMode::kDense;
+  if (attention == "wave") return attention::AttentionMode::kWave;
+  RETRO_THROW("--attention must be dense or wave, got '{}'", attention);
+}
+
+attention::WaveIndexParams ModelOptions::wave_params() const {
+  attention::WaveIndexParams p;
+  p.retrieval_budget = retrieval_budget;
+  p.estimation_budget = estimation_budget;
+  p.validate();
+  return p;
+}
+
+void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
+  auto* m = cmd.add_option("--model", o.model, "Model: a Hugging Face directory, a .gguf file, or preset:NAME");
+  if (model_required) m->required();
+  cmd.add_option("--attention", o.attention, "Attention: dense or wave")
+      ->check(CLI::IsMember({"dense", "wave"}))
+      ->capture_default_str();
+  cmd.add_option("--budget", o.retrieval_budget, "Wave retrieval budget (fraction of clusters attended exactly)")
+      ->capture_default_str();
+  cmd.add_option("--estimation-budget", o.estimation_budget,
+                 "Wave estimation budget (fraction of clusters estimated; >= 1 estimates all the rest)")
+      ->capture_default_str();
+  cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")->capture_default_str();
+}
+
+LoadedModel load_model(const ModelOptions& o) {
+  LoadedModel m;
+  m.host = make_host_allocator();
+  runtime::ModelConfig config;
+  std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model, &config);
+  m.model = std::make_unique<runtime::Model>(config, *weights, *m.host);
+  m.tokenizer = runtime::open_tokenizer(o.model);
+  return m;
+}
+
+std::vector<int32_t> LoadedModel::encode(std::string_view text) const {
+  if (tokenizer) return tokenizer->encode(text, /*add_special_tokens=*/true);
+  std::vector<int32_t> ids;
+  for (unsigned char c : text) ids.push_back(static_cast<int32_t>(c) % model->config().vocab_size);
+  RETRO_CHECK(!ids.empty(), "empty prompt");
+  return ids;
+}
+
+std::vector<int32_t> LoadedModel::stop_ids() const {
+  if (tokenizer && !tokenizer->eos_ids().empty()) return tokenizer->eos_ids();
+  return model->config().eos_token_ids;
+}
+
+}  // namespace retro::launcher

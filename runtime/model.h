@@ -1,0 +1,87 @@
+#pragma once
+// Llama-family decoder (Llama 2/3/3.1, Qwen2/2.5, Mistral) on the CPU backend: embedding, RMSNorm,
+// RoPE, GQA attention through attention/ (dense or wave), SwiGLU MLP, LM head. GEMMs go through
+// OpenBLAS in fp32; weights are converted to fp32 once at load (accounted as kWeights).
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "attention/kv_store.h"
+#include "runtime/core/allocator.h"
+#include "runtime/core/tensor.h"
+#include "runtime/model_config.h"
+#include "runtime/rope.h"
+#include "runtime/weight_source.h"
+
+namespace retro::runtime {
+
+// One sequence's state: its KV (one SequenceKv per layer) and how many tokens it holds.
+class SequenceState {
+ public:
+  int64_t length() const { return length_; }
+  attention::AttentionMode mode() const { return mode_; }
+  bool indexed() const { return indexed_; }
+  const attention::SequenceKv& layer_kv(int layer) const { return *layers_[static_cast<size_t>(layer)]; }
+
+ private:
+  friend class Model;
+  std::vector<std::unique_ptr<attention::SequenceKv>> layers_;
+  attention::AttentionMode mode_ = attention::AttentionMode::kDense;
+  int64_t length_ = 0;
+  bool indexed_ = false;  // wave index built after the prompt
+};
+
+struct ForwardOptions {
+  int64_t prefill_chunk = 512;  // prompt tokens processed per forward step (bounds activation memory)
+};
+
+class Model {
+ public:
+  // Reads and validates every weight the config needs from `weights` (converted to fp32).
+  Model(const ModelConfig& config, const WeightSource& weights, Allocator& host_allocator);
+
+  const ModelConfig& config() const { return config_; }
+
+  std::unique_ptr<SequenceState> new_sequence(attention::AttentionMode mode,
+                                              const attention::WaveIndexParams& params = {}) const;
+
+  // Runs the prompt in chunks (exact causal attention), builds the wave index when the sequence is in
+  // wave mode, and writes the logits of the last prompt token. logits: [vocab] fp32.
+  void prefill(SequenceState& seq, std::span<const int32_t> tokens, float* logits,
+               const ForwardOptions& options = {}) const;
+  // Appends one token and writes its next-token logits (wave attention once indexed).
+  void decode(SequenceState& seq, int32_t token, float* logits) const;
+  // Logits of every prompt position (teacher forcing), for perplexity: [tokens.size(), vocab] fp32.
+  // Positions after the first `dense_prefix` tokens are decoded one by one, so in wave mode they see
+  // wave attention exactly as generation would.
+  void score(SequenceState& seq, std::span<const int32_t> tokens, int64_t dense_prefix, float* logits,
+             const ForwardOptions& options = {}) const;
+
+ private:
+  struct Layer {
+    TensorBuffer input_norm, post_norm;  // [hidden]
+    TensorBuffer wq, wk, wv, wo;         // [out, in]
+    TensorBuffer bq, bk, bv;             // [out] (attention_bias only)
+    TensorBuffer bo;                     // [hidden] (attention_out_bias only)
+    TensorBuffer w_gate, w_up, w_down;
+    TensorBuffer b_gate, b_up, b_down;  // mlp_bias only
+  };
+
+  // Runs n tokens at positions [seq.length, seq.length + n) through every layer and appends their
+  // K/V. Writes the logits of the last token (last_logits [vocab]) and/or of every token
+  // (all_logits [n, vocab]) when given. decode_step: one token, wave attention once indexed.
+  void forward(SequenceState& seq, const int32_t* tokens, int64_t n, bool decode_step, float* last_logits,
+               float* all_logits) const;
+
+  ModelConfig config_;
+  Allocator& host_;
+  RopeTable rope_;
+  TensorBuffer embed_;       // [vocab, hidden]
+  TensorBuffer final_norm_;  // [hidden]
+  TensorBuffer lm_head_;     // [vocab, hidden]; empty when tied to embed_
+  std::vector<Layer> layers_;
+};
+
+}  // namespace retro::runtime

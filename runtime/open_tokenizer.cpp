@@ -1,0 +1,21 @@
+#include "runtime/open_tokenizer.h"
+
+#include <filesystem>
+
+#include "runtime/core/error.h"
+
+namespace retro::runtime {
+
+std::optional<Tokenizer> open_tokenizer(const std::string& spec) {
+  if (spec.rfind("preset:", 0) == 0) return std::nullopt;
+  std::filesystem::path p(spec);
+  RETRO_CHECK_KIND(p.extension() != ".gguf", ErrorKind::kUnsupported, "GGUF tokenizers are not supported yet: {}",
+                   spec);
+  std::filesystem::path dir = std::filesystem::is_directory(p) ? p : p.parent_path();
+  std::filesystem::path file = dir / "tokenizer.json";
+  RETRO_CHECK_INPUT(std::filesystem::exists(file), "model {} has no tokenizer.json (looked for {})", spec,
+                    file.string());
+  return Tokenizer::from_file(file);
+}
+
+}  // namespace retro::runtime
