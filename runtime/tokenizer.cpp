@@ -623,7 +623,17 @@ std::shared_ptr<TokenizerState> build_state(const json& root) {
   options.byte_fallback = impl::value_or(model, "byte_fallback", false);
   options.fuse_unk = impl::value_or(model, "fuse_unk", false);
   options.ignore_merges = impl::value_or(model, "ignore_merges", false);
-  auto bpe = std::make_shared<impl::BpeModel>(std::move(vocab), merges, std::move(options));
+  // "merge_ranks" (our extension, written by the GGUF SentencePiece translation): one rank per
+  // merge, equal ranks merging leftmost first, as SentencePiece scores behave.
+  std::shared_ptr<impl::BpeModel> bpe;
+  if (auto it = model.find("merge_ranks"); it != model.end() && !it->is_null()) {
+    const auto ranks = it->get<std::vector<int32_t>>();
+    RETRO_CHECK_INPUT(ranks.size() == merges.size(), "tokenizer.json model: {} merge_ranks for {} merges", ranks.size(),
+                      merges.size());
+    bpe = std::make_shared<impl::BpeModel>(std::move(vocab), merges, ranks, std::move(options));
+  } else {
+    bpe = std::make_shared<impl::BpeModel>(std::move(vocab), merges, std::move(options));
+  }
 
   // Token table: model vocabulary, then added tokens (which may extend it).
   int32_t max_id = -1;
