@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "runtime/core/dtype.h"
@@ -268,6 +269,33 @@ TEST(GgufDequant, PlainTypesAndNarrowOutputs) {
   }
   EXPECT_THROW(gguf_dequantize(GgufType::kQ8_0, b.data(), 31, out_bf.data(), DType::kBF16), Error);
   EXPECT_THROW(gguf_dequantize(GgufType::kI32, b.data(), 4, out_bf.data(), DType::kFP32), Error);
+}
+
+// Random super-blocks (fp16 scales made finite) and values dequantized by gguf-py 0.19.0
+// (gguf.quants.dequantize), the Python reference of the format, at a few positions.
+TEST(GgufDequant, KQuantsMatchTheReferenceImplementation) {
+  struct Golden {
+    GgufType type;
+    const char* hex;
+    std::vector<int> index;
+    std::vector<float> value;
+  };
+  const std::vector<Golden> cases = {
+      {GgufType::kQ2_K, "8826d916cdfb21c6c1ff91a761565a702416da6ec212cddb8d8800160eb686b2eb819333b5011c188c53c786ed62c2f971445abc2f0ddac24097acb7a3823bc913d16283160ecc206ebdf9d6297e4c73fa2d592c", {0, 17, 63, 100, 128, 170, 200, 255}, {-0.543457031f, 0.424438477f, 1.05267334f, 0.144287109f, -0.721801758f, -0.331237793f, -0.407592773f, -0.475524902f}},
+      {GgufType::kQ3_K, "8b9eec5eb6a004674d81a0d2233ea18bca9783713a5151731e512c3a22389617c344f98dafbf4ce3e35356106efab8dbf0a2dfd32cb9d94610c2b4a1f5734c2ac30912c21f7955b3be36c25a893463116daa7ff83c931872f795a3e4b0198cad0f2444c710c588c2a4d7d3312323", {0, 17, 63, 100, 128, 170, 200, 255}, {-0.710884094f, 0.557556152f, -0.250900269f, 0.669067383f, -0.0f, -0.0f, 0.0418167114f, 0.557556152f}},
+      {GgufType::kQ4_K, "be299a28a0faeb8b22847f272be24dbed34bdcaed4c82aec8ebba8be0b4bdc5dc3b7aef7227d2d69694a69532231d1e78172d65e1f3a8b1345cf3478d0aeb1cbea318130f6458376288942213909bdaf4cccc77935bf875429bb163aa710839011ee78ab7ae6b7f02a30e96f01dc2229f4652ad5b73b38a1df9244b33fd8e3189d42f74f356b91c474fa0ed50a5c6a6f", {0, 17, 63, 100, 128, 170, 200, 255}, {3.08435059f, 8.82653809f, 36.2832031f, -0.908569336f, 23.0762939f, 0.589355469f, 40.3286743f, 11.986145f}},
+      {GgufType::kQ5_K, "8127fc29b1a8533d7d06b8aeb1d202a39ad1c623453c2ed5172f2d3347de0dce637ee20131e0fdcb41e073c9bbf4c5c76daa33aad79fb878dfb785b45d71f14697dbddc715e13e8e17817b7549696f81e4059991db058a096fbcc9238edad73ec8d7511de6838a70dd741cab57a688a7cec29978fc85e6da3f50b390f347461412f7d6c3c70619935ae67ca2674ebc902d61b78d7b5c2f175333288faa647fcb72accf4d6e9b539a77ade3072cb5f558", {0, 17, 63, 100, 128, 170, 200, 255}, {15.8199005f, 12.9473114f, 27.8591309f, 21.0938873f, 27.7566833f, 26.3007507f, 0.0867614746f, -0.116958618f}},
+      {GgufType::kQ6_K, "f8b5cc6f81551ffeb19f78da5da3e1084975e33bba4159d2b0edec0ebb3e0ddb55c608480540ebeae3f5284bdc622f6f575c73a92cef5320bda8998e0db24881938dadc8bcdc00ffc17310aa5371c06827f808682758ff6ad2a363d0ba313b52bebcbe2abd1f94555b75d0050a292c1b69600d17807584c5da8aecb815925fb20e963d768c2591b7781b49297a248fe66a784480d12224f00bedfd261c06517f560d42b24a56e17e344c3772c2018d2a699b8a6137c91f3d72e52f4db00107af34335aa1b039719b51c09f5cc469aef54725", {0, 17, 63, 100, 128, 170, 200, 255}, {8.57568359f, -28.3863373f, -33.2926178f, 0.0f, 5.00935364f, 31.9938965f, -34.6325684f, -2.49436951f}},
+  };
+  for (const Golden& g : cases) {
+    std::vector<uint8_t> b;
+    for (const char* p = g.hex; p[0] && p[1]; p += 2) b.push_back(static_cast<uint8_t>(std::stoi(std::string(p, 2), nullptr, 16)));
+    ASSERT_EQ(b.size(), gguf_type_traits(static_cast<uint32_t>(g.type))->block_bytes);
+    const auto y = dequant(g.type, b, 256);
+    for (size_t i = 0; i < g.index.size(); ++i) {
+      EXPECT_FLOAT_EQ(y[static_cast<size_t>(g.index[i])], g.value[i]) << gguf_type_name(g.type) << " @" << g.index[i];
+    }
+  }
 }
 
 // ---------------------------------------------------------------- round trips

@@ -187,6 +187,25 @@ TEST_F(SmolLM2Tokenizer, MergesApplyInRankOrder) {
   EXPECT_EQ(digits.size(), 4u);
 }
 
+// Ids produced by Hugging Face tokenizers 0.23.3 from this file's vocabulary and merges with
+// SmolLM2's tokenizer.json pipeline (Digits(individual) + ByteLevel(use_regex) pre-tokenizer).
+TEST_F(SmolLM2Tokenizer, MatchesHuggingFaceTokenizers) {
+  const std::vector<std::pair<std::string, std::vector<int32_t>>> cases = {
+      {"Hello, world!", {19556, 28, 905, 17}},
+      {"tabs\tand\nnewlines\r\n\n\nmany", {100, 7366, 197, 397, 198, 2241, 5110, 201, 1116, 198, 18431}},
+      {"Unicode: caf\xC3\xA9, na\xC3\xAFve, \xE4\xB8\xAD\xE6\x96\x87, "
+       "\xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82",
+       {3706, 15817, 42, 37366, 28, 15486, 46494, 28, 216, 28589, 29184, 28, 21985, 46879, 16464, 32547}},
+      {"Emoji: \xF0\x9F\x98\x80\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD \xF0\x9F\x87\xAB\xF0\x9F\x87\xB7",
+       {10809, 33777, 42, 40303, 218, 10813, 235, 231, 10813, 233, 138, 15107, 225, 121, 10813, 225, 132}},
+      {"Numbers 1234567890 and 3.14159, $1,000.00",
+       {39006, 216, 33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 284, 216, 35, 30, 33, 36, 33, 37, 41, 28, 1885, 33, 28, 32,
+        32, 32, 30, 32, 32}},
+      {"<|im_start|>system\nYou are helpful.<|im_end|>\n", {1, 9690, 198, 2683, 359, 5356, 30, 2, 198}},
+  };
+  for (const auto& [text, ids] : cases) EXPECT_EQ(tok_->encode(text, false), ids) << text;
+}
+
 TEST_F(SmolLM2Tokenizer, RoundTripsArbitraryText) {
   const std::vector<std::string> texts = {
       "Hello, world!",
