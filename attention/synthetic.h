@@ -1,9 +1,11 @@
 #pragma once
 // Synthetic attention workload for tests and benchmarks, deterministic from a seed.
 //
-// Keys of KV head g at position t: RoPE_t(mu_g + key_noise * z_t), with mu_g a mean offset shared by
-// every token of the head (the query/key distribution gap that key centring addresses) and z_t
-// standard normal; RoPE gives keys the coarse positional locality segmented clustering relies on.
+// Keys of KV head g at position t: RoPE_t(mu_g + key_noise * (B_g w_t / sqrt(r) + key_residual * e_t)),
+// with mu_g a mean offset shared by every token of the head (the query/key distribution gap that key
+// centring addresses), B_g a fixed [head_dim, r] normal basis and w_t, e_t standard normal: keys of
+// trained models concentrate in a few directions (key_rank r; 0 gives isotropic keys). RoPE gives
+// keys the coarse positional locality segmented clustering relies on.
 // A few needle keys per head (at random positions of the initial context) point along the group's
 // mean query so that their logit is about needle_logit. Queries (post-RoPE) of head h drift around a
 // per-head mean: q_s = m_h + query_noise * u_s with u_s = rho u_{s-1} + sqrt(1 - rho^2) xi_s (AR(1),
@@ -23,6 +25,8 @@ struct SyntheticParams {
   float rope_theta = 500000.0f;
   float key_mean_scale = 1.0f;   // per-dimension std of mu_g
   float key_noise = 0.5f;
+  int key_rank = 0;              // dimensions of a low-rank part; 0: isotropic noise
+  float key_residual = 0.3f;     // isotropic residual beside the low-rank part
   int num_needles = 8;           // per KV head
   float needle_logit = 10.0f;
   float query_mean_scale = 1.0f;
@@ -52,6 +56,7 @@ class SyntheticWorkload {
   uint64_t state_;
   int64_t position_ = 0;
   std::vector<float> key_mean_;      // [num_kv_heads, head_dim] pre-RoPE
+  std::vector<float> key_basis_;     // [num_kv_heads, head_dim, key_rank]
   std::vector<float> query_mean_;    // [num_q_heads, head_dim]
   std::vector<float> query_state_;   // [num_q_heads, head_dim] AR(1) state u
   std::vector<float> needle_key_;    // [num_kv_heads, head_dim]

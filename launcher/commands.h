@@ -7,6 +7,8 @@
 namespace retro::launcher {
 
 void register_info_command(CLI::App& app);
+// `bench` (created here if no other registration made it) and its `attention` subcommand.
+void register_bench_command(CLI::App& app);
 void register_generate_command(CLI::App& app);
 void register_demo_command(CLI::App& app);
 // `bench` subcommands of the GPU attention kernels, added to the app's `bench` command.

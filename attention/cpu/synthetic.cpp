@@ -21,8 +21,11 @@ SyntheticWorkload::SyntheticWorkload(const SyntheticParams& params) : params_(pa
   inv_freq_.resize(static_cast<size_t>(d / 2));
   for (int i = 0; i < d / 2; ++i)
     inv_freq_[static_cast<size_t>(i)] = std::pow(params_.rope_theta, -2.0f * static_cast<float>(i) / static_cast<float>(d));
+  RETRO_CHECK(params_.key_rank >= 0, "synthetic workload: negative key_rank {}", params_.key_rank);
   key_mean_.resize(static_cast<size_t>(s.num_kv_heads * d));
   for (float& x : key_mean_) x = params_.key_mean_scale * normal();
+  key_basis_.resize(static_cast<size_t>(s.num_kv_heads * d * params_.key_rank));
+  for (float& x : key_basis_) x = normal();
   // Query means: a direction shared by the group plus a per-head part, so heads of a group agree
   // on which clusters matter but not exactly.
   std::vector<float> group_dir(static_cast<size_t>(s.num_kv_heads * d));
@@ -81,7 +84,8 @@ float SyntheticWorkload::normal() {
 void SyntheticWorkload::next_kv(int64_t n, float* k, float* v) {
   const AttentionShape& s = params_.shape;
   const int d = s.head_dim;
-  std::vector<float> pre(static_cast<size_t>(d));
+  const int rank = params_.key_rank;
+  std::vector<float> pre(static_cast<size_t>(d)), latent(static_cast<size_t>(rank));
   for (int64_t t = 0; t < n; ++t, ++position_) {
     for (int g = 0; g < s.num_kv_heads; ++g) {
       float* kr = k + (t * s.num_kv_heads + g) * d;
@@ -92,7 +96,14 @@ void SyntheticWorkload::next_kv(int64_t n, float* k, float* v) {
         for (int i = 0; i < d; ++i) kr[i] = needle_key_[static_cast<size_t>(g * d + i)] + 0.1f * normal();
         continue;
       }
-      for (int i = 0; i < d; ++i) pre[static_cast<size_t>(i)] = key_mean_[static_cast<size_t>(g * d + i)] + params_.key_noise * normal();
+      for (float& x : latent) x = normal() / std::sqrt(static_cast<float>(rank));
+      const float residual = rank > 0 ? params_.key_residual : 1.0f;
+      for (int i = 0; i < d; ++i) {
+        const float* basis = key_basis_.data() + (static_cast<size_t>(g) * d + i) * rank;
+        float z = residual * normal();
+        for (int r = 0; r < rank; ++r) z += basis[r] * latent[static_cast<size_t>(r)];
+        pre[static_cast<size_t>(i)] = key_mean_[static_cast<size_t>(g * d + i)] + params_.key_noise * z;
+      }
       // RoPE, rotate-half convention: dimension i pairs with i + d/2.
       for (int i = 0; i < d / 2; ++i) {
         const double angle = static_cast<double>(position_) * inv_freq_[static_cast<size_t>(i)];
