@@ -29,7 +29,7 @@ void check_shape(int batch, int num_q_heads, int num_kv_heads, int head_dim) {
 }  // namespace
 
 DecodeAttentionPlan plan_decode_attention(int batch, int num_q_heads, int num_kv_heads, int head_dim,
-                                          int64_t max_seq_len, int num_sms) {
+                                          int64_t max_seq_len, int num_sms, int ctas_per_sm) {
   check_shape(batch, num_q_heads, num_kv_heads, head_dim);
   RETRO_CHECK(max_seq_len >= 0, "decode attention: max_seq_len {}", max_seq_len);
   if (num_sms <= 0) {
@@ -37,15 +37,30 @@ DecodeAttentionPlan plan_decode_attention(int batch, int num_q_heads, int num_kv
     RETRO_CUDA_CHECK(cudaGetDevice(&dev));
     RETRO_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
+  if (ctas_per_sm <= 0) ctas_per_sm = decode_attention_ctas_per_sm(head_dim, num_q_heads / num_kv_heads);
   const int tile = tile_tokens(head_dim);
-  DecodeAttentionPlan plan;
-  // Enough CTAs for ~4 waves of the SMs, but no split shorter than kMinTokensPerSplit tokens.
-  const int64_t groups = int64_t(batch) * num_kv_heads;
-  const int64_t want = std::max<int64_t>(1, (int64_t(num_sms) * 4 + groups - 1) / groups);
-  const int64_t cap = std::max<int64_t>(1, max_seq_len / kMinTokensPerSplit);
   const int64_t len = std::max<int64_t>(max_seq_len, 1);
-  int64_t per = (len + std::min(want, cap) - 1) / std::min(want, cap);
+  const int64_t groups = int64_t(batch) * num_kv_heads;
+  const int64_t slots = int64_t(num_sms) * ctas_per_sm;
+  // Splits no shorter than kMinTokensPerSplit; among those, the count whose CTAs fill their last
+  // wave best (a part-empty last wave idles SMs for a whole chunk), fewer splits on ties.
+  const int64_t cap = std::max<int64_t>(1, len / kMinTokensPerSplit);
+  int64_t best = 1;
+  double best_fill = -1.0;
+  for (int64_t s = 1; s <= std::min<int64_t>(cap, 4 * slots); ++s) {
+    const int64_t ctas = s * groups;
+    const int64_t waves = (ctas + slots - 1) / slots;
+    // One part-full wave is not idle time when it is the only wave and already covers every SM.
+    const double fill = double(ctas) / double(waves * slots);
+    if (fill > best_fill + 1e-9) {
+      best_fill = fill;
+      best = s;
+    }
+    if (fill >= 0.999) break;
+  }
+  int64_t per = (len + best - 1) / best;
   per = (per + tile - 1) / tile * tile;
+  DecodeAttentionPlan plan;
   plan.tokens_per_split = static_cast<int>(per);
   plan.num_splits = static_cast<int>((len + per - 1) / per);
   if (plan.num_splits > 1)

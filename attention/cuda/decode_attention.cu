@@ -31,6 +31,31 @@ cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& pl
   return cudaGetLastError();
 }
 
+template <int kHeadDim, int kGroup>
+int ctas_per_sm() {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels::decode_attention_kernel<kHeadDim, kGroup>,
+                                                    kernels::kWarps * 32, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return n > 0 ? n : 1;
+}
+
+template <int kHeadDim>
+int ctas_per_sm_for_group(int group) {
+  switch (group) {
+    case 1: return ctas_per_sm<kHeadDim, 1>();
+    case 2: return ctas_per_sm<kHeadDim, 2>();
+    case 4: return ctas_per_sm<kHeadDim, 4>();
+    case 5: return ctas_per_sm<kHeadDim, 5>();
+    case 6: return ctas_per_sm<kHeadDim, 6>();
+    case 7: return ctas_per_sm<kHeadDim, 7>();
+    case 8: return ctas_per_sm<kHeadDim, 8>();
+    default: return 1;
+  }
+}
+
 template <int kHeadDim>
 cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* ws,
                            cudaStream_t s) {
@@ -47,6 +72,10 @@ cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttention
 }
 
 }  // namespace
+
+int decode_attention_ctas_per_sm(int head_dim, int group_size) {
+  return head_dim == 128 ? ctas_per_sm_for_group<128>(group_size) : ctas_per_sm_for_group<64>(group_size);
+}
 
 bool decode_attention_group_supported(int group_size) {
   return (group_size >= 1 && group_size <= 8 && group_size != 3);

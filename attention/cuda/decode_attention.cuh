@@ -94,8 +94,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int my_u = ((part & kHiOff) ? 2 : 0) + ((part & kLoOff) ? 1 : 0);
   constexpr int kCtaStep = kWarps * kTokensPerStep * kUnroll;
   static_assert(kUnroll == 4 && kLanesPerToken >= 4, "the score transpose assumes 4 steps over >= 4 lanes");
-  for (int t0 = begin + (warp * kUnroll) * kTokensPerStep; t0 < end; t0 += kCtaStep) {
-    Bf16x8 kr[kUnroll], vr[kUnroll];
+  // Software pipeline: the loads of the next block are in flight while this block is computed.
+  auto load_block = [&](int t0, Bf16x8* kr, Bf16x8* vr) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int t = t0 + u * kTokensPerStep + slot;
@@ -106,6 +106,20 @@ __global__ void __launch_bounds__(kWarps * 32)
         kr[u] = Bf16x8{};
         vr[u] = Bf16x8{};
       }
+    }
+  };
+  // Double-buffered loads cost 32 registers a lane: only small groups keep them without spilling.
+  constexpr bool kPrefetch = kGroup <= 5;
+  Bf16x8 kr[kUnroll], vr[kUnroll];
+  int t0 = begin + (warp * kUnroll) * kTokensPerStep;
+  if (kPrefetch && t0 < end) load_block(t0, kr, vr);
+#pragma unroll 1
+  for (; t0 < end; t0 += kCtaStep) {
+    Bf16x8 kn[kUnroll], vn[kUnroll];
+    if constexpr (kPrefetch) {
+      if (t0 + kCtaStep < end) load_block(t0 + kCtaStep, kn, vn);
+    } else {
+      load_block(t0, kr, vr);
     }
     const bool my_valid = t0 + my_u * kTokensPerStep + slot < end;
 #pragma unroll
@@ -149,6 +163,13 @@ __global__ void __launch_bounds__(kWarps * 32)
         bf16x8_to_float(vr[u], vf);
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i]);
+      }
+    }
+    if constexpr (kPrefetch) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        kr[u] = kn[u];
+        vr[u] = vn[u];
       }
     }
   }

@@ -46,9 +46,10 @@ struct DecodeAttentionPlan {
   size_t workspace_bytes = 0;  // partial outputs + LSEs when num_splits > 1
 };
 
-// max_seq_len bounds every seq_lens[b] at run time; num_sms sizes the grid (0: read the device).
+// max_seq_len bounds every seq_lens[b] at run time. The grid is sized to whole waves of the
+// device's resident CTAs (num_sms x ctas_per_sm; 0 reads them from the current device).
 DecodeAttentionPlan plan_decode_attention(int batch, int num_q_heads, int num_kv_heads, int head_dim,
-                                          int64_t max_seq_len, int num_sms = 0);
+                                          int64_t max_seq_len, int num_sms = 0, int ctas_per_sm = 0);
 
 // Checks the arguments, then launches. workspace: device memory of plan.workspace_bytes (ignored when 0).
 void run_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan, void* workspace,
@@ -58,5 +59,7 @@ void run_decode_attention(const DecodeAttentionParams& params, const DecodeAtten
 cudaError_t launch_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan,
                                     void* workspace, cudaStream_t stream);
 bool decode_attention_group_supported(int group_size);
+// Resident CTAs of the kernel for this shape on one SM of the current device.
+int decode_attention_ctas_per_sm(int head_dim, int group_size);
 
 }  // namespace retro::attention::cuda
