@@ -148,20 +148,30 @@ void Model::decode(SequenceState& seq, int32_t token, float* logits) const {
   forward(seq, &token, 1, true, logits, nullptr);
 }
 
-void Model::score(SequenceState& seq, std::span<const int32_t> tokens, int64_t dense_prefix, float* logits,
+void Model::score(SequenceState& seq, std::span<const int32_t> tokens, int64_t dense_prefix,
+                  const std::function<void(int64_t position, std::span<const float> logits)>& consume,
                   const ForwardOptions& options) const {
   const int64_t total = static_cast<int64_t>(tokens.size());
   RETRO_CHECK(dense_prefix > 0 && dense_prefix <= total, "dense prefix {} must lie in [1, {}]", dense_prefix, total);
+  RETRO_CHECK(options.prefill_chunk > 0, "prefill chunk must be positive, got {}", options.prefill_chunk);
+  RETRO_CHECK(!seq.indexed_, "score on a sequence whose wave index is already built");
   const int64_t v = config_.vocab_size;
-  for (int64_t start = 0; start < dense_prefix; start += options.prefill_chunk) {
-    int64_t n = std::min(options.prefill_chunk, dense_prefix - start);
-    forward(seq, tokens.data() + start, n, false, nullptr, logits + start * v);
+  const int64_t chunk = std::min(options.prefill_chunk, dense_prefix);
+  TensorBuffer logits(host_, DType::kFP32, {chunk, v}, MemoryPurpose::kActivations);
+  float* L = logits.data_as<float>();
+  for (int64_t start = 0; start < dense_prefix; start += chunk) {
+    const int64_t n = std::min(chunk, dense_prefix - start);
+    forward(seq, tokens.data() + start, n, false, nullptr, L);
+    for (int64_t t = 0; t < n; ++t) consume(seq.length_ - n + t, {L + t * v, static_cast<size_t>(v)});
   }
   if (seq.mode_ == attention::AttentionMode::kWave) {
     for (auto& kv : seq.layers_) kv->build_index();
     seq.indexed_ = true;
   }
-  for (int64_t t = dense_prefix; t < total; ++t) forward(seq, tokens.data() + t, 1, true, nullptr, logits + t * v);
+  for (int64_t t = dense_prefix; t < total; ++t) {
+    forward(seq, tokens.data() + t, 1, true, L, nullptr);
+    consume(t, {L, static_cast<size_t>(v)});
+  }
 }
 
 }  // namespace retro::runtime

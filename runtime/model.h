@@ -4,6 +4,7 @@
 // OpenBLAS in fp32; weights are converted to fp32 once at load (accounted as kWeights).
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -53,10 +54,12 @@ class Model {
                const ForwardOptions& options = {}) const;
   // Appends one token and writes its next-token logits (wave attention once indexed).
   void decode(SequenceState& seq, int32_t token, float* logits) const;
-  // Logits of every prompt position (teacher forcing), for perplexity: [tokens.size(), vocab] fp32.
-  // Positions after the first `dense_prefix` tokens are decoded one by one, so in wave mode they see
-  // wave attention exactly as generation would.
-  void score(SequenceState& seq, std::span<const int32_t> tokens, int64_t dense_prefix, float* logits,
+  // Teacher forcing, for perplexity: runs `tokens` and hands consume(position, logits [vocab]) the
+  // next-token logits of every position in order. The first `dense_prefix` tokens are prefilled in
+  // chunks (exact attention), the wave index is built (wave mode), and the rest are decoded one by
+  // one, so in wave mode they see wave attention exactly as generation would.
+  void score(SequenceState& seq, std::span<const int32_t> tokens, int64_t dense_prefix,
+             const std::function<void(int64_t position, std::span<const float> logits)>& consume,
              const ForwardOptions& options = {}) const;
 
  private:

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "runtime/core/error.h"
+#include "runtime/gguf.h"
 #include "runtime/model_presets.h"
 #include "runtime/model_weights.h"
 #include "runtime/safetensors.h"
@@ -41,8 +42,13 @@ std::unique_ptr<WeightSource> open_model(const std::string& spec, ModelConfig* c
   } else {
     const fs::path path(spec);
     if (path.extension() == ".gguf") {
-      // GGUF files carry their config in their metadata; their reader plugs in here.
-      RETRO_THROW_KIND(ErrorKind::kUnsupported, "model spec '{}': GGUF files are not supported yet", spec);
+      // GGUF files carry their config in their metadata.
+      auto file = GgufFile::open(path);
+      config = gguf_model_config(*file);
+      source = std::make_unique<GgufWeightSource>(file);
+      validate_weights(config, *source);
+      if (config_out != nullptr) *config_out = config;
+      return source;
     }
     RETRO_CHECK_KIND(fs::exists(path), ErrorKind::kIo,
                      "model spec '{}' is neither 'preset:NAME' nor an existing "

@@ -15,7 +15,7 @@ namespace retro::runtime {
 //   preset:NAME@SEED    the same with another seed
 //   DIR                 a Hugging Face model directory: config.json + model.safetensors[.index.json]
 //   FILE.safetensors    a single checkpoint file, config.json beside it
-//   FILE.gguf           a GGUF file (not supported yet: kUnsupported)
+//   FILE.gguf           a GGUF file (config and tokenizer from its metadata)
 // The weights are checked against the config (validate_weights) before returning. `config_out` may be
 // null. Throws retro::Error naming the spec when it is none of these.
 std::unique_ptr<WeightSource> open_model(const std::string& spec, ModelConfig* config_out);
