@@ -71,6 +71,22 @@ TEST(ModelConfig, Llama31ReadsLlama3RopeScalingAndEosList) {
   EXPECT_EQ(c.sliding_window, 0);
 }
 
+TEST(ModelConfig, Llama2WithoutRopeThetaOrHeadDim) {
+  json j = json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 4096,
+    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null, "tie_word_embeddings": false,
+    "torch_dtype": "float16", "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000})");
+  ModelConfig c = parse_model_config(j);
+  EXPECT_FLOAT_EQ(c.rope_theta, 10000.0f);
+  EXPECT_EQ(c.rope_scaling.type, RopeScalingType::kNone);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.group_size(), 1);
+  EXPECT_EQ(c.dtype, DType::kFP16);
+  EXPECT_EQ(c.max_position_embeddings, 4096);
+}
+
 TEST(ModelConfig, Qwen2HasQkvBiasWithoutTheKeyAndReadsYarn) {
   json j = json::parse(R"({
     "architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -91,6 +92,30 @@ TEST(ModelPresets, ShapesGiveThePublishedParameterCounts) {
 TEST(ModelPresets, UnknownPresetListsTheKnownNames) {
   expect_error([] { preset_config("llama9-1t"); }, ErrorKind::kInvalidArgument,
                {"llama9-1t", "llama3-8b", "qwen2.5-7b", "tiny"});
+}
+
+TEST(ExpectedWeights, TiedEmbeddingsDropTheLmHeadAndBiasesFollowTheConfig) {
+  ModelConfig c = preset_config("qwen2.5-7b");
+  std::vector<WeightInfo> w = expected_weights(c);
+  auto find = [&](const std::string& name) {
+    return std::find_if(w.begin(), w.end(), [&](const WeightInfo& i) { return i.name == name; });
+  };
+  ASSERT_NE(find("model.layers.27.self_attn.k_proj.bias"), w.end());
+  EXPECT_EQ(find("model.layers.27.self_attn.k_proj.bias")->shape, Shape{512});
+  EXPECT_EQ(find("model.layers.0.self_attn.o_proj.bias"), w.end());  // Qwen2: q/k/v only
+  EXPECT_EQ(find("model.layers.28.input_layernorm.weight"), w.end());
+  ASSERT_NE(find("lm_head.weight"), w.end());
+  EXPECT_EQ(find("lm_head.weight")->shape, (Shape{152064, 3584}));
+  EXPECT_EQ(w.front().name, "model.embed_tokens.weight");
+
+  c.tie_word_embeddings = true;  // as Qwen2.5-0.5B
+  w = expected_weights(c);
+  EXPECT_EQ(find("lm_head.weight"), w.end());
+  EXPECT_EQ(w.back().name, "model.norm.weight");
+  // Tied synthetic embeddings are scaled to serve as the LM head.
+  c = preset_config("tiny");
+  c.tie_word_embeddings = true;
+  EXPECT_FLOAT_EQ(SyntheticWeightSource(c).stddev("model.embed_tokens.weight"), 1.0f / 16.0f);
 }
 
 TEST(SyntheticWeights, SameSeedSameValuesOtherSeedOrNameOtherValues) {
@@ -250,8 +275,13 @@ TEST(OpenModel, DirectorySpecLoadsAndValidatesTheCheckpoint) {
                {"missing tensor", "model.layers.2.input_layernorm.weight", "more"});
 }
 
-TEST(OpenModel, GgufAndUnknownSpecsAreClearErrors) {
-  expect_error([] { open_model("/models/smollm2.gguf", nullptr); }, ErrorKind::kUnsupported, {"GGUF"});
+TEST(OpenModel, MissingFilesAndUnknownSpecsAreClearErrors) {
+  try {
+    open_model("/no/such/dir/smollm2.gguf", nullptr);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("smollm2.gguf"), std::string::npos) << e.what();
+  }
   expect_error([] { open_model("no/such/model", nullptr); }, ErrorKind::kIo, {"no/such/model", "preset:NAME"});
 }
 
