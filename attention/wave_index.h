@@ -40,6 +40,11 @@ struct WaveIndexParams {
   // from the meta index (estimation). estimation_budget >= 1 estimates every non-retrieved cluster.
   double retrieval_budget = 0.018;
   double estimation_budget = 0.232;
+  // Floor on the retrieval zone in clusters (not in the reference, whose budgets were set for
+  // 128K+ contexts): at 1K-4K tokens 1.8% is 1-5 clusters, less than one needle sentence of a
+  // character-level model, and retrieval accuracy collapses (needle-llama-tiny at 1K: 30% vs 95%
+  // dense without the floor). From 29K tokens on, 1.8% exceeds 32 clusters and the floor is inert.
+  int min_retrieve_clusters = 32;
   // Rows per page of the host store (and of the steady-zone store of SequenceKv).
   int host_page_tokens = 1024;
 
@@ -51,7 +56,8 @@ struct WaveIndexParams {
   // Clusters made from one update segment (64 at the reference values).
   int64_t update_clusters() const;
   // Budgets in clusters for an index of n_clusters clusters, rounded up so that any positive budget
-  // keeps at least one cluster: n_retrieve = min(n, ceil(retrieval_budget * n)), n_estimate =
+  // keeps at least one cluster: n_retrieve = min(n, max(ceil(retrieval_budget * n),
+  // min_retrieve_clusters)), n_estimate =
   // min(n - n_retrieve, ceil(estimation_budget * n)), or n - n_retrieve when estimation_budget >= 1.
   int64_t num_retrieve(int64_t n_clusters) const;
   int64_t num_estimate(int64_t n_clusters) const;

@@ -11,6 +11,8 @@ void register_info_command(CLI::App& app);
 void register_bench_command(CLI::App& app);
 void register_generate_command(CLI::App& app);
 void register_demo_command(CLI::App& app);
+// `bench niah` and `bench perplexity`: model-level accuracy of wave against dense attention.
+void register_model_benches(CLI::App& bench);
 // `bench` subcommands of the GPU attention kernels, added to the app's `bench` command.
 void register_gpu_attention_benches(CLI::App& bench);
 

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks: print a markdown table, optionally JSON lines");
   bench->require_subcommand(1);
   retro::launcher::register_gpu_attention_benches(*bench);
+  retro::launcher::register_model_benches(*bench);
   retro::launcher::register_bench_command(app);
   try {
     retro::parallel::init_mpi_world(&argc, &argv);

@@ -16,6 +16,7 @@ attention::WaveIndexParams ModelOptions::wave_params() const {
   attention::WaveIndexParams p;
   p.retrieval_budget = retrieval_budget;
   p.estimation_budget = estimation_budget;
+  p.min_retrieve_clusters = min_retrieve_clusters;
   p.validate();
   return p;
 }
@@ -30,6 +31,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
       ->capture_default_str();
   cmd.add_option("--estimation-budget", o.estimation_budget,
                  "Wave estimation budget (fraction of clusters estimated; >= 1 estimates all the rest)")
+      ->capture_default_str();
+  cmd.add_option("--min-retrieve", o.min_retrieve_clusters,
+                 "Wave retrieval floor in clusters (short contexts; 0: the pure budget fraction)")
       ->capture_default_str();
   cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")->capture_default_str();
 }

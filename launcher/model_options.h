@@ -22,6 +22,7 @@ struct ModelOptions {
   std::string attention = "dense";   // dense | wave
   double retrieval_budget = attention::WaveIndexParams{}.retrieval_budget;
   double estimation_budget = attention::WaveIndexParams{}.estimation_budget;
+  int min_retrieve_clusters = attention::WaveIndexParams{}.min_retrieve_clusters;
   int64_t prefill_chunk = 512;
 
   attention::AttentionMode attention_mode() const;

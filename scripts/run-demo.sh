@@ -8,3 +8,4 @@ BUILD_DIR=${BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${RETRO_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target retroinfer
 "$BUILD_DIR"/launcher/retroinfer info
+"$BUILD_DIR"/launcher/retroinfer demo

@@ -29,6 +29,8 @@ void WaveIndexParams::validate() const {
   RETRO_CHECK(kmeans_iterations > 0, "wave index: kmeans_iterations must be positive, got {}", kmeans_iterations);
   RETRO_CHECK(update_segment_tokens > 0, "wave index: update_segment_tokens must be positive, got {}",
               update_segment_tokens);
+  RETRO_CHECK(min_retrieve_clusters >= 0, "wave index: min_retrieve_clusters must be >= 0, got {}",
+              min_retrieve_clusters);
   RETRO_CHECK(host_page_tokens > 0, "wave index: host_page_tokens must be positive, got {}", host_page_tokens);
   RETRO_CHECK(std::isfinite(retrieval_budget) && retrieval_budget >= 0.0 && retrieval_budget <= 1.0,
               "wave index: retrieval_budget must be a fraction in [0, 1], got {}", retrieval_budget);
@@ -48,7 +50,7 @@ int64_t WaveIndexParams::update_clusters() const {
 }
 
 int64_t WaveIndexParams::num_retrieve(int64_t n_clusters) const {
-  return std::min(n_clusters, budget_clusters(retrieval_budget, n_clusters));
+  return std::min(n_clusters, std::max<int64_t>(budget_clusters(retrieval_budget, n_clusters), min_retrieve_clusters));
 }
 
 int64_t WaveIndexParams::num_estimate(int64_t n_clusters) const {

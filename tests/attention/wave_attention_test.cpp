@@ -95,6 +95,7 @@ TEST(WaveAttention, SingletonClustersMakeEstimationExact) {
   WaveIndexParams p = test_params();
   p.tokens_per_cluster = 1;
   p.retrieval_budget = 0.0;
+  p.min_retrieve_clusters = 0;  // everything in the estimation zone
   p.estimation_budget = 1.0;
   Fixture f({4, 2, 32}, p);
   f.append(rng, 500, 0.0f);

@@ -38,7 +38,11 @@ TEST(WaveIndexParams, DefaultsAreTheReferenceValues) {
 
 TEST(WaveIndexParams, BudgetsRoundUpAndGrowWithTheClusterCount) {
   WaveIndexParams p;
-  EXPECT_EQ(p.num_retrieve(8192), 148);  // ceil(147.456)
+  EXPECT_EQ(p.min_retrieve_clusters, 32);
+  EXPECT_EQ(p.num_retrieve(8192), 148);  // ceil(147.456): above the floor
+  EXPECT_EQ(p.num_retrieve(1000), 32);   // ceil(18) lifted to the floor
+  EXPECT_EQ(p.num_retrieve(20), 20);     // never more than there are
+  p.min_retrieve_clusters = 0;           // the reference's pure fractions below
   EXPECT_EQ(p.num_estimate(8192), 1901); // ceil(1900.544)
   EXPECT_EQ(p.num_retrieve(64), 2);      // ceil(1.152)
   EXPECT_EQ(p.num_estimate(64), 15);     // ceil(14.848)
