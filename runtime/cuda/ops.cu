@@ -1,0 +1,60 @@
+// Launches of runtime/cuda/ops.h (kernels in ops.cuh).
+
+#include "runtime/cuda/ops.cuh"
+#include "runtime/cuda/ops.h"
+
+namespace retro::runtime::cuda {
+
+namespace {
+unsigned grid_for(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32);
+}
+}  // namespace
+
+cudaError_t rms_norm(const void* x, const void* w, void* y, int64_t n, int64_t dim, float eps, cudaStream_t stream) {
+  if (n < 0 || dim <= 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::rms_norm_kernel<<<static_cast<unsigned>(n), kernels::kThreads, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), static_cast<__nv_bfloat16*>(y), dim,
+      eps);
+  return cudaGetLastError();
+}
+
+cudaError_t rope(void* x, const int64_t* positions, const float* inv_freq, float attention_scaling, int64_t n_tokens,
+                 int n_heads, int head_dim, int rotary_dim, cudaStream_t stream) {
+  if (n_tokens < 0 || n_heads <= 0 || head_dim <= 0 || rotary_dim <= 0 || rotary_dim > head_dim || rotary_dim % 2)
+    return cudaErrorInvalidValue;
+  if (n_tokens == 0) return cudaSuccess;
+  const int threads = rotary_dim / 2 < 128 ? ((rotary_dim / 2 + 31) / 32) * 32 : 128;
+  kernels::rope_kernel<<<static_cast<unsigned>(n_tokens * n_heads), threads, 0, stream>>>(
+      static_cast<__nv_bfloat16*>(x), positions, inv_freq, attention_scaling, n_heads, head_dim, rotary_dim);
+  return cudaGetLastError();
+}
+
+cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::silu_mul_kernel<<<grid_for(n, 256), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
+                                                                static_cast<const __nv_bfloat16*>(up),
+                                                                static_cast<__nv_bfloat16*>(out), n);
+  return cudaGetLastError();
+}
+
+cudaError_t embedding(const void* table, const int32_t* ids, void* out, int64_t n, int64_t hidden, int64_t vocab,
+                      int32_t* bad_id, cudaStream_t stream) {
+  if (n < 0 || hidden <= 0 || vocab <= 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::embedding_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(table), ids, static_cast<__nv_bfloat16*>(out), hidden, vocab, bad_id);
+  return cudaGetLastError();
+}
+
+cudaError_t argmax_rows(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream) {
+  if (rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  kernels::argmax_kernel<<<static_cast<unsigned>(rows), kernels::kThreads, 0, stream>>>(logits, out, vocab);
+  return cudaGetLastError();
+}
+
+}  // namespace retro::runtime::cuda

@@ -1,0 +1,120 @@
+#pragma once
+// Kernels of runtime/cuda/ops.h. Framework-free: raw pointers, fp32 arithmetic on bf16 data.
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace retro::runtime::cuda::kernels {
+
+constexpr int kThreads = 256;
+
+// Sum over the block; every thread gets the result. scratch: [kThreads / 32] floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) total += scratch[w];
+  __syncthreads();
+  return total;
+}
+
+// One block per row.
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                    __nv_bfloat16* y, int64_t dim, float eps) {
+  __shared__ float scratch[kThreads / 32];
+  const __nv_bfloat16* xr = x + blockIdx.x * dim;
+  __nv_bfloat16* yr = y + blockIdx.x * dim;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    float v = __bfloat162float(xr[i]);
+    ss = fmaf(v, v, ss);
+  }
+  const float inv = rsqrtf(block_sum(ss, scratch) / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads)
+    yr[i] = __float2bfloat16(__bfloat162float(xr[i]) * inv * __bfloat162float(w[i]));
+}
+
+// One block per (token, head) row; threads walk the rotation pairs (i, i + rotary_dim / 2).
+__global__ void rope_kernel(__nv_bfloat16* x, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                            float attention_scaling, int n_heads, int head_dim, int rotary_dim) {
+  const int64_t row = blockIdx.x;  // token * n_heads + head
+  const int64_t token = row / n_heads;
+  __nv_bfloat16* xr = x + row * head_dim;
+  const int half = rotary_dim / 2;
+  const float pos = float(positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    c *= attention_scaling;
+    s *= attention_scaling;
+    const float a = __bfloat162float(xr[i]), b = __bfloat162float(xr[i + half]);
+    xr[i] = __float2bfloat16(a * c - b * s);
+    xr[i + half] = __float2bfloat16(b * c + a * s);
+  }
+}
+
+__global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* __restrict__ up, __nv_bfloat16* out,
+                                int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = __bfloat162float(gate[i]);
+    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(up[i]));
+  }
+}
+
+// One block per token.
+__global__ void embedding_kernel(const __nv_bfloat16* __restrict__ table, const int32_t* __restrict__ ids,
+                                 __nv_bfloat16* __restrict__ out, int64_t hidden, int64_t vocab, int32_t* bad_id) {
+  const int32_t id = ids[blockIdx.x];
+  const bool ok = id >= 0 && id < vocab;
+  if (!ok && threadIdx.x == 0 && bad_id != nullptr) *bad_id = 1;
+  __nv_bfloat16* o = out + blockIdx.x * hidden;
+  const __nv_bfloat16* t = table + (ok ? int64_t(id) : 0) * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = ok ? t[i] : __float2bfloat16(0.0f);
+}
+
+// One block per row: (value, index) reduction, larger value wins, lower index on ties.
+__global__ void __launch_bounds__(kThreads)
+    argmax_kernel(const float* __restrict__ logits, int32_t* __restrict__ out, int64_t vocab) {
+  const float* r = logits + blockIdx.x * vocab;
+  float best = -INFINITY;
+  int32_t best_i = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = r[i];
+    if (v > best || (v == best && int32_t(i) < best_i)) {  // NaN compares false: never wins
+      best = v;
+      best_i = int32_t(i);
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, off);
+    const int32_t j = __shfl_xor_sync(0xffffffffu, best_i, off);
+    if (v > best || (v == best && j < best_i)) {
+      best = v;
+      best_i = j;
+    }
+  }
+  __shared__ float sv[kThreads / 32];
+  __shared__ int32_t si[kThreads / 32];
+  if (threadIdx.x % 32 == 0) {
+    sv[threadIdx.x / 32] = best;
+    si[threadIdx.x / 32] = best_i;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; ++w)
+      if (sv[w] > best || (sv[w] == best && si[w] < best_i)) {
+        best = sv[w];
+        best_i = si[w];
+      }
+    out[blockIdx.x] = best_i == INT32_MAX ? 0 : best_i;
+  }
+}
+
+}  // namespace retro::runtime::cuda::kernels

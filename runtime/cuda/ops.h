@@ -1,0 +1,37 @@
+#pragma once
+// The non-attention ops of a Llama-family layer on the GPU: bf16 activations and weights, fp32
+// arithmetic. Each is the twin of runtime/ops.h (or RopeTable::apply / argmax) and is tested against
+// it. Launchers return the launch status (cudaErrorInvalidValue for a shape they do not take); they
+// never synchronise, so a decode step made of them can be captured in a CUDA graph.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace retro::runtime::cuda {
+
+// y[n, dim] = x / sqrt(mean(x^2) + eps) * w. x, y: [n, dim] bf16 (may alias); w: [dim] bf16.
+cudaError_t rms_norm(const void* x, const void* w, void* y, int64_t n, int64_t dim, float eps, cudaStream_t stream);
+
+// Rotate-half RoPE in place on the first rotary_dim values of every head row.
+//   x          [n_tokens, n_heads, head_dim] bf16, rows head_dim apart
+//   positions  [n_tokens] int64 (device)
+//   inv_freq   [rotary_dim / 2] fp32 (device), from RopeTable
+// Angles are fp32 products position * inv_freq (as the CPU twin); cos and sin are multiplied by
+// attention_scaling (yarn).
+cudaError_t rope(void* x, const int64_t* positions, const float* inv_freq, float attention_scaling, int64_t n_tokens,
+                 int n_heads, int head_dim, int rotary_dim, cudaStream_t stream);
+
+// out[i] = silu(gate[i]) * up[i] for n values (SwiGLU); all bf16, out may alias gate.
+cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+
+// out[t, :] = table[ids[t], :]. table [vocab, hidden] bf16, ids [n] int32 (device), out [n, hidden]
+// bf16. An id outside [0, vocab) gives a zero row and sets *bad_id (device, may be null) to 1.
+cudaError_t embedding(const void* table, const int32_t* ids, void* out, int64_t n, int64_t hidden, int64_t vocab,
+                      int32_t* bad_id, cudaStream_t stream);
+
+// out[r] = index of the largest of logits[r, :] (lowest index on ties; NaN never wins).
+// logits [rows, vocab] fp32, out [rows] int32 (device).
+cudaError_t argmax_rows(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream);
+
+}  // namespace retro::runtime::cuda

@@ -1,0 +1,195 @@
+// GPU layer ops against their CPU twins on fresh random inputs (bf16 inputs; the twin runs in fp32
+// on the same rounded values). Outputs are poisoned with NaN before each run. Label gpu.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "runtime/core/dtype.h"
+#include "runtime/core/system_info.h"
+#include "runtime/ops.h"
+#include "runtime/rope.h"
+#include "runtime/sampler.h"
+
+#ifdef RETRO_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "runtime/cuda/ops.h"
+#endif
+
+namespace retro::runtime {
+namespace {
+
+#ifdef RETRO_WITH_CUDA
+
+#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    seed_ = std::random_device{}();
+    rng_.seed(seed_);
+  }
+  void TearDown() override {
+    for (void* p : allocations_) cudaFree(p);
+  }
+
+  // Random bf16 values and their fp32 images.
+  std::vector<bf16> random_bf16(size_t n, float scale, std::vector<float>* as_float) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<bf16> v(n);
+    as_float->resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      v[i] = float_to_bf16(d(rng_));
+      (*as_float)[i] = bf16_to_float(v[i]);
+    }
+    return v;
+  }
+  template <typename T>
+  T* upload(const std::vector<T>& h) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * sizeof(T)), cudaSuccess);
+    allocations_.push_back(p);
+    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    return static_cast<T*>(p);
+  }
+  template <typename T>
+  T* poisoned(size_t n) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, n * sizeof(T)), cudaSuccess);
+    allocations_.push_back(p);
+    EXPECT_EQ(cudaMemset(p, 0xFF, n * sizeof(T)), cudaSuccess);  // NaN for bf16 / fp32
+    return static_cast<T*>(p);
+  }
+  std::vector<float> download_bf16(const void* d, size_t n) {
+    std::vector<bf16> h(n);
+    EXPECT_EQ(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<float> f(n);
+    for (size_t i = 0; i < n; ++i) f[i] = bf16_to_float(h[i]);
+    return f;
+  }
+  // ‖got − want‖ / ‖want‖; NaN anywhere fails.
+  static double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (std::isnan(got[i])) return INFINITY;
+      num += double(got[i] - want[i]) * (got[i] - want[i]);
+      den += double(want[i]) * want[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+  }
+
+  uint32_t seed_ = 0;
+  std::mt19937 rng_;
+  std::vector<void*> allocations_;
+};
+
+// bf16 output rounding alone gives ~2e-3 relative error.
+constexpr double kBf16Tolerance = 1e-2;
+
+TEST_F(CudaOps, RmsNormMatchesTheCpuTwin) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (auto [n, dim] : {std::pair<int64_t, int64_t>{1, 4096}, {7, 576}, {33, 5120}}) {
+    std::vector<float> xf, wf;
+    auto x = random_bf16(size_t(n * dim), 2.0f, &xf);
+    auto w = random_bf16(size_t(dim), 1.0f, &wf);
+    auto* dy = poisoned<bf16>(size_t(n * dim));
+    ASSERT_CUDA(cuda::rms_norm(upload(x), upload(w), dy, n, dim, 1e-5f, nullptr));
+    std::vector<float> want(size_t(n * dim));
+    ops::rms_norm(xf.data(), n, dim, wf.data(), 1e-5f, want.data());
+    EXPECT_LT(rel_l2(download_bf16(dy, want.size()), want), kBf16Tolerance) << n << "x" << dim;
+  }
+}
+
+TEST_F(CudaOps, RopeMatchesTheCpuTwinForEveryScaling) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  ModelConfig c;
+  c.head_dim = 128;
+  c.rope_theta = 500000.0f;
+  c.max_position_embeddings = 131072;
+  std::vector<RopeScaling> scalings(3);
+  scalings[1].type = RopeScalingType::kLlama3;
+  scalings[1].factor = 8.0f;
+  scalings[1].original_max_position_embeddings = 8192;
+  scalings[2].type = RopeScalingType::kYarn;
+  scalings[2].factor = 4.0f;
+  scalings[2].original_max_position_embeddings = 32768;
+  for (const RopeScaling& s : scalings) {
+    c.rope_scaling = s;
+    RopeTable table(c);
+    const int64_t n = 19;
+    const int heads = 8, d = 128;
+    std::vector<float> xf;
+    auto x = random_bf16(size_t(n * heads * d), 1.0f, &xf);
+    std::vector<int64_t> pos(n);
+    std::uniform_int_distribution<int64_t> p(0, 1 << 20);
+    for (auto& v : pos) v = p(rng_);
+    bf16* dx = upload(x);
+    ASSERT_CUDA(cuda::rope(dx, upload(pos), upload(table.inv_freq()), table.attention_scaling(), n, heads, d,
+                           table.rotary_dim(), nullptr));
+    table.apply(xf.data(), n, heads, d, pos.data());
+    EXPECT_LT(rel_l2(download_bf16(dx, xf.size()), xf), kBf16Tolerance) << rope_scaling_type_name(s.type);
+  }
+}
+
+TEST_F(CudaOps, SiluMulMatchesTheCpuTwin) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int64_t n = 3 * 14336 + 5;
+  std::vector<float> gf, uf;
+  auto g = random_bf16(size_t(n), 3.0f, &gf);
+  auto u = random_bf16(size_t(n), 1.0f, &uf);
+  auto* dout = poisoned<bf16>(size_t(n));
+  ASSERT_CUDA(cuda::silu_mul(upload(g), upload(u), dout, n, nullptr));
+  ops::silu_mul(gf.data(), uf.data(), n);
+  EXPECT_LT(rel_l2(download_bf16(dout, size_t(n)), gf), kBf16Tolerance);
+}
+
+TEST_F(CudaOps, EmbeddingCopiesRowsAndFlagsBadIds) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int64_t vocab = 1000, hidden = 320, n = 9;
+  std::vector<float> tf;
+  auto table = random_bf16(size_t(vocab * hidden), 1.0f, &tf);
+  std::vector<int32_t> ids(n);
+  std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
+  for (auto& i : ids) i = pick(rng_);
+  auto* dout = poisoned<bf16>(size_t(n * hidden));
+  auto* flag = upload(std::vector<int32_t>{0});
+  ASSERT_CUDA(cuda::embedding(upload(table), upload(ids), dout, n, hidden, vocab, flag, nullptr));
+  std::vector<float> want(size_t(n * hidden));
+  ops::embedding(tf.data(), vocab, hidden, ids.data(), n, want.data());
+  EXPECT_EQ(rel_l2(download_bf16(dout, want.size()), want), 0.0);
+  int32_t bad = 0;
+  ASSERT_CUDA(cudaMemcpy(&bad, flag, 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(bad, 0);
+  ids[3] = int32_t(vocab);  // out of range
+  ASSERT_CUDA(cuda::embedding(upload(table), upload(ids), dout, n, hidden, vocab, flag, nullptr));
+  ASSERT_CUDA(cudaMemcpy(&bad, flag, 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(bad, 1);
+}
+
+TEST_F(CudaOps, ArgmaxMatchesTheCpuTwinIncludingTies) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int64_t rows = 6, vocab = 128256;
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  std::vector<float> logits(size_t(rows * vocab));
+  for (auto& v : logits) v = d(rng_);
+  logits[2 * vocab + 77] = 100.0f;  // a tie: the lower index wins
+  logits[2 * vocab + 99000] = 100.0f;
+  auto* dout = poisoned<int32_t>(size_t(rows));
+  ASSERT_CUDA(cuda::argmax_rows(upload(logits), dout, rows, vocab, nullptr));
+  std::vector<int32_t> got(static_cast<size_t>(rows), -1);
+  ASSERT_CUDA(cudaMemcpy(got.data(), dout, rows * 4, cudaMemcpyDeviceToHost));
+  for (int64_t r = 0; r < rows; ++r)
+    EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * vocab, size_t(vocab)))) << "row " << r;
+  EXPECT_EQ(got[2], 77);
+}
+
+#else
+TEST(CudaOps, NeedACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
+#endif
+
+}  // namespace
+}  // namespace retro::runtime
