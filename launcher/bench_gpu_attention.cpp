@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "attention/cuda/decode_attention.h"
+#include "attention/cuda/prefill_attention.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/fill.h"
 #include "runtime/core/system_info.h"
@@ -138,11 +139,80 @@ void run_dense_decode(const DenseDecodeOptions& o) {
     }
   }
 }
+
+struct DensePrefillOptions {
+  std::string contexts = "16k,64k";
+  int heads = 32;
+  int kv_heads = 8;
+  int head_dim = 128;
+  int warmup = 2;
+  int reps = 5;
+  std::string json_out;
+};
+
+void run_dense_prefill(const DensePrefillOptions& o) {
+  auto gpus = query_gpus();
+  RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench dense-prefill needs a GPU: {}",
+                   query_cuda_runtime().error);
+  std::unique_ptr<std::ofstream> json;
+  if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
+  fmt::print("| context | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|\n");
+  for (int64_t ctx : parse_size_list(o.contexts, "--context")) {
+    const size_t q_elems = size_t(ctx) * o.heads * o.head_dim, kv_elems = size_t(ctx) * o.kv_heads * o.head_dim;
+    DeviceBuffer q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), out(q_elems * 2), lse(size_t(ctx) * o.heads * 4);
+    RETRO_CUDA_CHECK(retro::cuda::fill_normal_bf16(q.ptr, q_elems, 4, 1.0f, nullptr));
+    RETRO_CUDA_CHECK(retro::cuda::fill_normal_bf16(k.ptr, kv_elems, 5, 1.0f, nullptr));
+    RETRO_CUDA_CHECK(retro::cuda::fill_normal_bf16(v.ptr, kv_elems, 6, 1.0f, nullptr));
+    attention::cuda::PrefillAttentionParams p;
+    p.q = q.ptr;
+    p.q_stride_token = int64_t(o.heads) * o.head_dim;
+    p.k = k.ptr;
+    p.v = v.ptr;
+    p.kv_stride_token = int64_t(o.kv_heads) * o.head_dim;
+    p.kv_stride_head = o.head_dim;
+    p.out = out.ptr;
+    p.lse = static_cast<float*>(lse.ptr);
+    p.n_q = ctx;
+    p.n_kv = ctx;
+    p.num_q_heads = o.heads;
+    p.num_kv_heads = o.kv_heads;
+    p.head_dim = o.head_dim;
+    p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
+    double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
+    const double flops = 4.0 * o.heads * o.head_dim * double(ctx) * double(ctx) / 2.0;
+    const double tflops = flops / ms / 1e9;
+    fmt::print("| {} | {}/{} | {} | {:.3f} | {:.1f} |\n", ctx, o.heads, o.kv_heads, o.head_dim, ms, tflops);
+    if (json) {
+      nlohmann::ordered_json row = {{"bench", "dense-prefill"}, {"device", gpus[0].name}, {"heads", o.heads},
+                                    {"kv_heads", o.kv_heads},     {"head_dim", o.head_dim}, {"context", ctx},
+                                    {"ms_per_layer", ms},         {"tflops", tflops}};
+      *json << row.dump() << "\n";
+    }
+  }
+}
 #endif
 
 }  // namespace
 
 void register_gpu_attention_benches(CLI::App& bench) {
+  {
+    auto o = std::make_shared<DensePrefillOptions>();
+    CLI::App* cmd = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
+    cmd->add_option("--context", o->contexts, "Prompt lengths, e.g. 16k,64k")->capture_default_str();
+    cmd->add_option("--heads", o->heads, "Query heads")->capture_default_str();
+    cmd->add_option("--kv-heads", o->kv_heads, "KV heads")->capture_default_str();
+    cmd->add_option("--head-dim", o->head_dim, "Head dimension (64 or 128)")->capture_default_str();
+    cmd->add_option("--warmup", o->warmup, "Untimed runs first")->capture_default_str();
+    cmd->add_option("--reps", o->reps, "Timed runs (median reported)")->capture_default_str();
+    cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
+    cmd->callback([o] {
+#ifdef RETRO_WITH_CUDA
+      run_dense_prefill(*o);
+#else
+      RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench dense-prefill needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+#endif
+    });
+  }
   auto o = std::make_shared<DenseDecodeOptions>();
   CLI::App* cmd = bench.add_subcommand("dense-decode", "GPU dense decode attention per layer (split-KV, GQA) on random K/V");
   cmd->add_option("--context", o->contexts, "Context lengths, e.g. 32k,128k,1m")->capture_default_str();

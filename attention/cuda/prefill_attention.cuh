@@ -1,0 +1,245 @@
+#pragma once
+// Kernel of causal prefill attention (FlashAttention-2 on mma.sync).
+//
+// One CTA = 4 warps = 64 query rows of one query head; each warp owns 16 rows. K/V tiles of 64
+// tokens stream through shared memory (cp.async, two stages). Shared-memory rows are swizzled
+// (16-byte chunk c of row r stored at chunk c ^ (r % 8)) so ldmatrix reads are bank-conflict free.
+// Per 64-token tile a warp computes S = Q K^T (16 x 64) in registers, masks it causally, updates the
+// online softmax (base 2) and adds P V into its 16 x head_dim fp32 accumulators.
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace retro::attention::cuda::kernels {
+
+constexpr int kPrefillWarps = 4;
+constexpr int kBlockM = 64;  // query rows per CTA
+constexpr int kBlockN = 64;  // KV tokens per tile
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled tile of kChunks chunks per row.
+template <int kChunks>
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return uint32_t(row * kChunks + (chunk ^ (row & 7))) * 16u;
+}
+
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;  // zero-fill rows past the end
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kN>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kN));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                                  uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// c += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Loads rows [row0, row0 + kRows) of a [n, head_dim] bf16 matrix (row stride `stride` elements) into
+// a swizzled shared tile; rows at or past n are zero-filled.
+template <int kHeadDim, int kRows>
+__device__ __forceinline__ void load_tile(uint32_t tile, const __nv_bfloat16* base, int64_t stride, int64_t row0,
+                                          int64_t n) {
+  constexpr int kChunks = kHeadDim / 8;
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kPrefillWarps * 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    const int64_t row = row0 + r;
+    const bool valid = row < n;
+    cp_async_16(tile + swizzled<kChunks>(r, c), base + (valid ? row : 0) * stride + c * 8, valid);
+  }
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(kPrefillWarps * 32)
+    prefill_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
+                             const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                             int64_t kv_stride_token, int64_t kv_stride_head, __nv_bfloat16* __restrict__ out,
+                             float* __restrict__ lse, int64_t n_q, int64_t n_kv, int num_q_heads, int group,
+                             float scale_log2) {
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kKSteps = kHeadDim / 16;   // k-steps of S = Q K^T
+  constexpr int kNTilesS = kBlockN / 8;    // n-tiles of S
+  constexpr int kNTilesO = kHeadDim / 8;   // n-tiles of O
+  constexpr int kTileBytes = kBlockN * kHeadDim * 2;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t sq = smem_u32(smem);
+  // Stage s holds K at sk(s) and V right after it (no arrays: a run-time index would go to local memory).
+  const uint32_t sk0 = sq + kBlockM * kHeadDim * 2;
+  auto sk = [&](int stage) { return sk0 + uint32_t(stage) * 2u * kTileBytes; };
+  auto sv = [&](int stage) { return sk0 + uint32_t(stage) * 2u * kTileBytes + kTileBytes; };
+
+  // Heavy (late) query blocks first so the causal triangle's long CTAs start early.
+  const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
+  const int64_t m_block = num_m_blocks - 1 - blockIdx.x;
+  const int head = blockIdx.y;
+  const int kv_head = head / group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t q_row0 = m_block * kBlockM;
+  const int64_t offset = n_kv - n_q;  // position of query row 0
+
+  const __nv_bfloat16* qh = q + int64_t(head) * kHeadDim;
+  const __nv_bfloat16* kh = k + int64_t(kv_head) * kv_stride_head;
+  const __nv_bfloat16* vh = v + int64_t(kv_head) * kv_stride_head;
+
+  // KV tiles this CTA needs: up to the last query row's position.
+  const int64_t kv_end = min(n_kv, offset + min(q_row0 + kBlockM, n_q));
+  const int num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+
+  load_tile<kHeadDim, kBlockM>(sq, qh, q_stride_token, q_row0, n_q);
+  load_tile<kHeadDim, kBlockN>(sk(0), kh, kv_stride_token, 0, n_kv);
+  load_tile<kHeadDim, kBlockN>(sv(0), vh, kv_stride_token, 0, n_kv);
+  cp_async_commit();
+
+  uint32_t qf[kKSteps][4];
+  float o[kNTilesO][4];
+#pragma unroll
+  for (int j = 0; j < kNTilesO; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const int g = lane / 4, t = lane % 4;
+  const int64_t row_a = q_row0 + warp * 16 + g;  // this thread's two query rows
+  const int64_t pos_a = offset + row_a, pos_b = pos_a + 8;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < num_tiles) {
+      load_tile<kHeadDim, kBlockN>(sk(stage ^ 1), kh, kv_stride_token, int64_t(tile + 1) * kBlockN, n_kv);
+      load_tile<kHeadDim, kBlockN>(sv(stage ^ 1), vh, kv_stride_token, int64_t(tile + 1) * kBlockN, n_kv);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (tile == 0) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        const int r = warp * 16 + (lane % 16), c = ks * 2 + lane / 16;
+        ldmatrix_x4(sq + swizzled<kChunks>(r, c), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+      }
+    }
+    // S = Q K^T for 16 rows x 64 tokens.
+    float s[kNTilesS][4];
+#pragma unroll
+    for (int j = 0; j < kNTilesS; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+      for (int j = 0; j < kNTilesS; j += 2) {
+        const int r = j * 8 + (lane / 16) * 8 + lane % 8, c = ks * 2 + (lane / 8) % 2;
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(sk(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
+        mma_16816(s[j], qf[ks], b0, b1);
+        mma_16816(s[j + 1], qf[ks], b2, b3);
+      }
+    }
+    // Scale to base 2, mask the future (and padding past n_kv), online softmax per row.
+    const int64_t kv0 = int64_t(tile) * kBlockN;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kNTilesS; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t kpos = kv0 + j * 8 + t * 2 + (e & 1);
+        const int64_t qpos = e < 2 ? pos_a : pos_b;
+        float x = s[j][e] * scale_log2;
+        if (kpos > qpos || kpos >= n_kv) x = -INFINITY;
+        s[j][e] = x;
+        tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+      }
+    }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float m_new = fmaxf(m_run[r], tile_max[r]);
+      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
+      corr[r] = exp2f(m_run[r] - m_ref);
+      m_run[r] = m_new;
+      tile_max[r] = m_ref;
+    }
+    float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < kNTilesS; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[j][e] - tile_max[e / 2]);
+        s[j][e] = p;
+        row_sum[e / 2] += p;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + row_sum[r];  // quad partial; summed at the end
+#pragma unroll
+    for (int j = 0; j < kNTilesO; ++j) {
+      o[j][0] *= corr[0];
+      o[j][1] *= corr[0];
+      o[j][2] *= corr[1];
+      o[j][3] *= corr[1];
+    }
+    // O += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < kNTilesO; j += 2) {
+        const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = j + lane / 16;
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(sv(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
+        mma_16816(o[j], a, b0, b1);
+        mma_16816(o[j + 1], a, b2, b3);
+      }
+    }
+    __syncthreads();  // this stage is refilled two tiles from now
+  }
+
+  // Finalise: total the row sums over the quad, normalise, write bf16 out and the LSE.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = row_a + r * 8;
+    if (row >= n_q) continue;
+    const float inv = l_run[r] > 0.0f ? 1.0f / l_run[r] : 0.0f;
+    __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
+#pragma unroll
+    for (int j = 0; j < kNTilesO; ++j) {
+      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
+          __floats2bfloat162_rn(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+    }
+    if (lse != nullptr && t == 0)
+      lse[row * num_q_heads + head] = l_run[r] > 0.0f ? (m_run[r] + log2f(l_run[r])) * 0.69314718055994531f : -INFINITY;
+  }
+}
+
+}  // namespace retro::attention::cuda::kernels

@@ -1,0 +1,35 @@
+#pragma once
+// Causal prefill attention on the GPU: FlashAttention-2 style on tensor cores (mma.sync m16n8k16,
+// bf16 in, fp32 accumulate), online softmax, never materialising the score matrix. A chunk of n_q
+// query tokens attends to n_kv stored tokens, query i sitting at position n_kv - n_q + i (chunked
+// prefill of long prompts). GQA by head index; LSE out in natural log.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace retro::attention::cuda {
+
+struct PrefillAttentionParams {
+  const void* q = nullptr;  // [n_q, num_q_heads, head_dim] bf16; q_stride_token elements between tokens
+  int64_t q_stride_token = 0;
+  const void* k = nullptr;  // [n_kv, num_kv_heads, head_dim] bf16 (token stride kv_stride_token)
+  const void* v = nullptr;
+  int64_t kv_stride_token = 0;
+  int64_t kv_stride_head = 0;  // elements between KV heads (head_dim for token-major)
+  void* out = nullptr;         // [n_q, num_q_heads, head_dim] bf16, contiguous
+  float* lse = nullptr;        // [n_q, num_q_heads] fp32 natural log, may be null
+  int64_t n_q = 0;
+  int64_t n_kv = 0;  // >= n_q
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;  // 64 or 128
+  float sm_scale = 0.0f;
+};
+
+// Checks the arguments and launches (no synchronisation).
+void run_prefill_attention(const PrefillAttentionParams& params, cudaStream_t stream);
+// The bare launch (prefill_attention.cu).
+cudaError_t launch_prefill_attention(const PrefillAttentionParams& params, cudaStream_t stream);
+
+}  // namespace retro::attention::cuda
