@@ -1,10 +1,10 @@
 #pragma once
 // Kernel of causal prefill attention (FlashAttention-2 on mma.sync).
 //
-// One CTA = 4 warps = 64 query rows of one query head; each warp owns 16 rows. K/V tiles of 64
-// tokens stream through shared memory (cp.async, two stages). Shared-memory rows are swizzled
+// One CTA = 4 warps of 16 x kMTiles query rows of one query head. K/V tiles of kBlockN tokens
+// stream through shared memory (cp.async, two stages). Shared-memory rows are swizzled
 // (16-byte chunk c of row r stored at chunk c ^ (r % 8)) so ldmatrix reads are bank-conflict free.
-// Per 64-token tile a warp computes S = Q K^T (16 x 64) in registers, masks it causally, updates the
+// Per tile a warp computes S = Q K^T in registers, masks it causally, updates the
 // online softmax (base 2) and adds P V into its 16 x head_dim fp32 accumulators.
 
 #include <cuda_bf16.h>
@@ -14,8 +14,6 @@
 namespace retro::attention::cuda::kernels {
 
 constexpr int kPrefillWarps = 4;
-constexpr int kBlockM = 64;  // query rows per CTA
-constexpr int kBlockN = 64;  // KV tokens per tile
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -77,18 +75,26 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const __nv_bfloat16* ba
   }
 }
 
-template <int kHeadDim>
+// kMTiles: m16 tiles per warp (each K/V fragment read from shared memory feeds all of them).
+template <int kHeadDim, int kMTiles, int kBlockN>
+struct PrefillTile {
+  static constexpr int kBlockM = kPrefillWarps * 16 * kMTiles;
+  static constexpr int kSmemBytes = kBlockM * kHeadDim * 2 + 4 * kBlockN * kHeadDim * 2;  // Q + 2 x (K, V)
+};
+
+template <int kHeadDim, int kMTiles, int kBlockN>
 __global__ void __launch_bounds__(kPrefillWarps * 32)
     prefill_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
                              const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
                              int64_t kv_stride_token, int64_t kv_stride_head, __nv_bfloat16* __restrict__ out,
                              float* __restrict__ lse, int64_t n_q, int64_t n_kv, int num_q_heads, int group,
                              float scale_log2) {
+  constexpr int kBlockM = PrefillTile<kHeadDim, kMTiles, kBlockN>::kBlockM;
   constexpr int kChunks = kHeadDim / 8;
-  constexpr int kKSteps = kHeadDim / 16;   // k-steps of S = Q K^T
-  constexpr int kNTilesS = kBlockN / 8;    // n-tiles of S
-  constexpr int kNTilesO = kHeadDim / 8;   // n-tiles of O
-  constexpr int kTileBytes = kBlockN * kHeadDim * 2;
+  constexpr int kKSteps = kHeadDim / 16;  // k-steps of S = Q K^T
+  constexpr int kNTilesS = kBlockN / 8;   // n-tiles of S
+  constexpr int kNTilesO = kHeadDim / 8;  // n-tiles of O
+  constexpr uint32_t kTileBytes = kBlockN * kHeadDim * 2;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t sq = smem_u32(smem);
   // Stage s holds K at sk(s) and V right after it (no arrays: a run-time index would go to local memory).
@@ -118,14 +124,19 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   load_tile<kHeadDim, kBlockN>(sv(0), vh, kv_stride_token, 0, n_kv);
   cp_async_commit();
 
-  uint32_t qf[kKSteps][4];
-  float o[kNTilesO][4];
+  uint32_t qf[kMTiles][kKSteps][4];
+  float o[kMTiles][kNTilesO][4];
+  float m_run[kMTiles][2], l_run[kMTiles][2];
 #pragma unroll
-  for (int j = 0; j < kNTilesO; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kNTilesO; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.0f;
+  }
   const int g = lane / 4, t = lane % 4;
-  const int64_t row_a = q_row0 + warp * 16 + g;  // this thread's two query rows
-  const int64_t pos_a = offset + row_a, pos_b = pos_a + 8;
+  // Row of m-tile mt, half h (0: rows g, 1: rows g + 8) of this thread.
+  auto row_of = [&](int mt, int h) { return q_row0 + (warp * kMTiles + mt) * 16 + g + h * 8; };
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile & 1;
@@ -138,15 +149,19 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     __syncthreads();
     if (tile == 0) {
 #pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) {
-        const int r = warp * 16 + (lane % 16), c = ks * 2 + lane / 16;
-        ldmatrix_x4(sq + swizzled<kChunks>(r, c), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
-      }
-    }
-    // S = Q K^T for 16 rows x 64 tokens.
-    float s[kNTilesS][4];
+      for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-    for (int j = 0; j < kNTilesS; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        for (int ks = 0; ks < kKSteps; ++ks) {
+          const int r = (warp * kMTiles + mt) * 16 + (lane % 16), c = ks * 2 + lane / 16;
+          ldmatrix_x4(sq + swizzled<kChunks>(r, c), qf[mt][ks][0], qf[mt][ks][1], qf[mt][ks][2], qf[mt][ks][3]);
+        }
+    }
+    // S = Q K^T for this warp's rows x kBlockN tokens; each K fragment serves every m-tile.
+    float s[kMTiles][kNTilesS][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int j = 0; j < kNTilesS; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
@@ -154,67 +169,90 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
         const int r = j * 8 + (lane / 16) * 8 + lane % 8, c = ks * 2 + (lane / 8) % 2;
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4(sk(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
-        mma_16816(s[j], qf[ks], b0, b1);
-        mma_16816(s[j + 1], qf[ks], b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          mma_16816(s[mt][j], qf[mt][ks], b0, b1);
+          mma_16816(s[mt][j + 1], qf[mt][ks], b2, b3);
+        }
       }
     }
-    // Scale to base 2, mask the future (and padding past n_kv), online softmax per row.
-    const int64_t kv0 = int64_t(tile) * kBlockN;
-    float tile_max[2] = {-INFINITY, -INFINITY};
+    // Mask the future and the padding past n_kv, only on tiles that reach them (the diagonal and the
+    // end); then the online softmax per row, base 2, scale folded into one FMA per score.
+    const int kv0 = tile * kBlockN;
+    const int warp_first_pos = int(offset + q_row0) + warp * kMTiles * 16;
+    const bool need_mask = kv0 + kBlockN - 1 > warp_first_pos || int64_t(kv0) + kBlockN > n_kv;
 #pragma unroll
-    for (int j = 0; j < kNTilesS; ++j) {
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      float tile_max[2] = {-INFINITY, -INFINITY};
+      if (need_mask) {
+        const int pos[2] = {int(offset + row_of(mt, 0)), int(offset + row_of(mt, 1))};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kpos = kv0 + j * 8 + t * 2 + (e & 1);
-        const int64_t qpos = e < 2 ? pos_a : pos_b;
-        float x = s[j][e] * scale_log2;
-        if (kpos > qpos || kpos >= n_kv) x = -INFINITY;
-        s[j][e] = x;
-        tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+        for (int j = 0; j < kNTilesS; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kpos = kv0 + j * 8 + t * 2 + (e & 1);
+            if (kpos > pos[e / 2] || kpos >= n_kv) s[mt][j][e] = -INFINITY;
+          }
+      }
+#pragma unroll
+      for (int j = 0; j < kNTilesS; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[mt][j][e]);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) tile_max[r] *= scale_log2;  // -inf stays -inf (scale > 0)
+      float corr[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        const float m_new = fmaxf(m_run[mt][r], tile_max[r]);
+        const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
+        corr[r] = exp2f(m_run[mt][r] - m_ref);
+        m_run[mt][r] = m_new;
+        tile_max[r] = m_ref;
+      }
+      float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < kNTilesS; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2f(fmaf(s[mt][j][e], scale_log2, -tile_max[e / 2]));
+          s[mt][j][e] = p;
+          row_sum[e / 2] += p;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) l_run[mt][r] = l_run[mt][r] * corr[r] + row_sum[r];  // quad partial
+#pragma unroll
+      for (int j = 0; j < kNTilesO; ++j) {
+        o[mt][j][0] *= corr[0];
+        o[mt][j][1] *= corr[0];
+        o[mt][j][2] *= corr[1];
+        o[mt][j][3] *= corr[1];
       }
     }
-    float corr[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float m_new = fmaxf(m_run[r], tile_max[r]);
-      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
-      corr[r] = exp2f(m_run[r] - m_ref);
-      m_run[r] = m_new;
-      tile_max[r] = m_ref;
-    }
-    float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < kNTilesS; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[j][e] - tile_max[e / 2]);
-        s[j][e] = p;
-        row_sum[e / 2] += p;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + row_sum[r];  // quad partial; summed at the end
-#pragma unroll
-    for (int j = 0; j < kNTilesO; ++j) {
-      o[j][0] *= corr[0];
-      o[j][1] *= corr[0];
-      o[j][2] *= corr[1];
-      o[j][3] *= corr[1];
-    }
-    // O += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
+    // O += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step);
+    // each V fragment serves every m-tile.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int j = 0; j < kNTilesO; j += 2) {
         const int r = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, c = j + lane / 16;
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4_trans(sv(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
-        mma_16816(o[j], a, b0, b1);
-        mma_16816(o[j + 1], a, b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          mma_16816(o[mt][j], a[mt], b0, b1);
+          mma_16816(o[mt][j + 1], a[mt], b2, b3);
+        }
       }
     }
     __syncthreads();  // this stage is refilled two tiles from now
@@ -222,23 +260,24 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
 
   // Finalise: total the row sums over the quad, normalise, write bf16 out and the LSE.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-  }
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row_a + r * 8;
-    if (row >= n_q) continue;
-    const float inv = l_run[r] > 0.0f ? 1.0f / l_run[r] : 0.0f;
-    __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
+    for (int r = 0; r < 2; ++r) {
+      float l = l_run[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int64_t row = row_of(mt, r);
+      if (row >= n_q) continue;
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
 #pragma unroll
-    for (int j = 0; j < kNTilesO; ++j) {
-      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
-          __floats2bfloat162_rn(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+      for (int j = 0; j < kNTilesO; ++j) {
+        *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
+            __floats2bfloat162_rn(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+      }
+      if (lse != nullptr && t == 0)
+        lse[row * num_q_heads + head] = l > 0.0f ? (m_run[mt][r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
     }
-    if (lse != nullptr && t == 0)
-      lse[row * num_q_heads + head] = l_run[r] > 0.0f ? (m_run[r] + log2f(l_run[r])) * 0.69314718055994531f : -INFINITY;
   }
 }
 
