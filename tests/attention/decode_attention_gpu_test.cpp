@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -159,7 +161,13 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{4, 32, 8, 128, {5000, 1, 0, 33000}, true},    // ragged batch, token-major layout
                     Case{2, 8, 2, 64, {4097, 12000}, false},           // head_dim 64, GQA 4
                     Case{3, 64, 8, 128, {2048, 9000, 300}, true},      // GQA 8 (70B shapes)
-                    Case{2, 16, 16, 64, {1000, 20000}, false}));       // MHA
+                    Case{2, 16, 16, 64, {1000, 20000}, false}),        // MHA
+    [](const testing::TestParamInfo<Case>& info) {
+      const Case& c = info.param;
+      return "b" + std::to_string(c.batch) + "_q" + std::to_string(c.num_q_heads) + "_kv" +
+             std::to_string(c.num_kv_heads) + "_d" + std::to_string(c.head_dim) + "_max" +
+             std::to_string(*std::max_element(c.lens.begin(), c.lens.end())) + (c.token_major ? "_tmajor" : "");
+    });
 
 TEST(DecodeAttentionPlan, RejectsUnsupportedShapes) {
   EXPECT_THROW(cuda::plan_decode_attention(1, 32, 8, 96, 1000, 132), Error);

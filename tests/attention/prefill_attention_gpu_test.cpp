@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -119,7 +120,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
                                          PrefillCase{300, 2077, 8, 2, 128},     // a chunk over a stored prefix
                                          PrefillCase{1, 700, 8, 2, 128},        // a single query
                                          PrefillCase{517, 517, 8, 8, 64},       // MHA, head_dim 64
-                                         PrefillCase{129, 4000, 16, 2, 64}));   // GQA 8
+                                         PrefillCase{129, 4000, 16, 2, 64}),    // GQA 8
+                         [](const testing::TestParamInfo<PrefillCase>& info) {
+                           const PrefillCase& c = info.param;
+                           return "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
+                                  std::to_string(c.num_q_heads) + "x" + std::to_string(c.num_kv_heads) + "_d" +
+                                  std::to_string(c.head_dim);
+                         });
 
 #else
 TEST(PrefillAttentionGpu, NeedsACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
