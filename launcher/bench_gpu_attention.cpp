@@ -30,9 +30,9 @@ namespace retro::launcher {
 
 namespace {
 
-struct DenseDecodeOptions {
-  std::string contexts = "32k,128k";
-  std::string batches = "1,4";
+// Shape and timing options shared by the kernel benches.
+struct KernelBenchOptions {
+  std::string contexts;
   int heads = 32;
   int kv_heads = 8;
   int head_dim = 128;
@@ -40,6 +40,25 @@ struct DenseDecodeOptions {
   int reps = 50;
   std::string json_out;
 };
+
+struct DenseDecodeOptions : KernelBenchOptions {
+  DenseDecodeOptions() { contexts = "32k,128k"; }
+  std::string batches = "1,4";
+};
+
+void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
+  cmd.add_option("--context", o.contexts, "Context lengths, e.g. 16k,128k,1m")->capture_default_str();
+  cmd.add_option("--heads", o.heads, "Query heads")->capture_default_str();
+  cmd.add_option("--kv-heads", o.kv_heads, "KV heads")->capture_default_str();
+  cmd.add_option("--head-dim", o.head_dim, "Head dimension (64 or 128)")->capture_default_str();
+  cmd.add_option("--warmup", o.warmup, "Untimed runs first")->capture_default_str();
+  cmd.add_option("--reps", o.reps, "Timed runs (median reported)")->capture_default_str();
+  cmd.add_option("--json-out", o.json_out, "Append one JSON line per row to this file");
+}
+
+[[maybe_unused]] [[noreturn]] void needs_cuda(const char* bench) {
+  RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench {} needs a CUDA build (configure with -DRETRO_CUDA=ON)", bench);
+}
 
 #ifdef RETRO_WITH_CUDA
 // Median of `reps` timings of fn (CUDA events), after `warmup` untimed runs.
@@ -140,14 +159,12 @@ void run_dense_decode(const DenseDecodeOptions& o) {
   }
 }
 
-struct DensePrefillOptions {
-  std::string contexts = "16k,64k";
-  int heads = 32;
-  int kv_heads = 8;
-  int head_dim = 128;
-  int warmup = 2;
-  int reps = 5;
-  std::string json_out;
+struct DensePrefillOptions : KernelBenchOptions {
+  DensePrefillOptions() {
+    contexts = "16k,64k";
+    warmup = 2;
+    reps = 5;
+  }
 };
 
 void run_dense_prefill(const DensePrefillOptions& o) {
@@ -195,39 +212,26 @@ void run_dense_prefill(const DensePrefillOptions& o) {
 }  // namespace
 
 void register_gpu_attention_benches(CLI::App& bench) {
-  {
-    auto o = std::make_shared<DensePrefillOptions>();
-    CLI::App* cmd = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
-    cmd->add_option("--context", o->contexts, "Prompt lengths, e.g. 16k,64k")->capture_default_str();
-    cmd->add_option("--heads", o->heads, "Query heads")->capture_default_str();
-    cmd->add_option("--kv-heads", o->kv_heads, "KV heads")->capture_default_str();
-    cmd->add_option("--head-dim", o->head_dim, "Head dimension (64 or 128)")->capture_default_str();
-    cmd->add_option("--warmup", o->warmup, "Untimed runs first")->capture_default_str();
-    cmd->add_option("--reps", o->reps, "Timed runs (median reported)")->capture_default_str();
-    cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
-    cmd->callback([o] {
+  auto prefill = std::make_shared<DensePrefillOptions>();
+  CLI::App* p = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
+  add_kernel_bench_options(*p, *prefill);
+  p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
-      run_dense_prefill(*o);
+    run_dense_prefill(*prefill);
 #else
-      RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench dense-prefill needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+    needs_cuda("dense-prefill");
 #endif
-    });
-  }
-  auto o = std::make_shared<DenseDecodeOptions>();
-  CLI::App* cmd = bench.add_subcommand("dense-decode", "GPU dense decode attention per layer (split-KV, GQA) on random K/V");
-  cmd->add_option("--context", o->contexts, "Context lengths, e.g. 32k,128k,1m")->capture_default_str();
-  cmd->add_option("--batch", o->batches, "Batch sizes, e.g. 1,4,8")->capture_default_str();
-  cmd->add_option("--heads", o->heads, "Query heads")->capture_default_str();
-  cmd->add_option("--kv-heads", o->kv_heads, "KV heads")->capture_default_str();
-  cmd->add_option("--head-dim", o->head_dim, "Head dimension (64 or 128)")->capture_default_str();
-  cmd->add_option("--warmup", o->warmup, "Untimed runs first")->capture_default_str();
-  cmd->add_option("--reps", o->reps, "Timed runs (median reported)")->capture_default_str();
-  cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
-  cmd->callback([o] {
+  });
+
+  auto decode = std::make_shared<DenseDecodeOptions>();
+  CLI::App* d = bench.add_subcommand("dense-decode", "GPU dense decode attention per layer (split-KV, GQA) on random K/V");
+  add_kernel_bench_options(*d, *decode);
+  d->add_option("--batch", decode->batches, "Batch sizes, e.g. 1,4,8")->capture_default_str();
+  d->callback([decode] {
 #ifdef RETRO_WITH_CUDA
-    run_dense_decode(*o);
+    run_dense_decode(*decode);
 #else
-    RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench dense-decode needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+    needs_cuda("dense-decode");
 #endif
   });
 }
