@@ -46,6 +46,14 @@ struct DenseDecodeOptions : KernelBenchOptions {
   std::string batches = "1,4";
 };
 
+struct DensePrefillOptions : KernelBenchOptions {
+  DensePrefillOptions() {
+    contexts = "16k,64k";
+    warmup = 2;
+    reps = 5;
+  }
+};
+
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
   cmd.add_option("--context", o.contexts, "Context lengths, e.g. 16k,128k,1m")->capture_default_str();
   cmd.add_option("--heads", o.heads, "Query heads")->capture_default_str();
@@ -159,13 +167,6 @@ void run_dense_decode(const DenseDecodeOptions& o) {
   }
 }
 
-struct DensePrefillOptions : KernelBenchOptions {
-  DensePrefillOptions() {
-    contexts = "16k,64k";
-    warmup = 2;
-    reps = 5;
-  }
-};
 
 void run_dense_prefill(const DensePrefillOptions& o) {
   auto gpus = query_gpus();
