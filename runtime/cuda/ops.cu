@@ -41,6 +41,14 @@ cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cud
   return cudaGetLastError();
 }
 
+cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStream_t stream) {
+  if (n < 0 || dim <= 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::add_bias_kernel<<<grid_for(n * dim, 256), 256, 0, stream>>>(
+      static_cast<__nv_bfloat16*>(y), static_cast<const __nv_bfloat16*>(bias), n, dim);
+  return cudaGetLastError();
+}
+
 cudaError_t embedding(const void* table, const int32_t* ids, void* out, int64_t n, int64_t hidden, int64_t vocab,
                       int32_t* bad_id, cudaStream_t stream) {
   if (n < 0 || hidden <= 0 || vocab <= 0) return cudaErrorInvalidValue;

@@ -67,6 +67,11 @@ __global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* 
   }
 }
 
+__global__ void add_bias_kernel(__nv_bfloat16* y, const __nv_bfloat16* __restrict__ bias, int64_t n, int64_t dim) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * dim; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % dim]));
+}
+
 // One block per token.
 __global__ void embedding_kernel(const __nv_bfloat16* __restrict__ table, const int32_t* __restrict__ ids,
                                  __nv_bfloat16* __restrict__ out, int64_t hidden, int64_t vocab, int32_t* bad_id) {

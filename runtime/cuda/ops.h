@@ -25,6 +25,9 @@ cudaError_t rope(void* x, const int64_t* positions, const float* inv_freq, float
 // out[i] = silu(gate[i]) * up[i] for n values (SwiGLU); all bf16, out may alias gate.
 cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 
+// y[n, dim] += bias[dim] (bf16).
+cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStream_t stream);
+
 // out[t, :] = table[ids[t], :]. table [vocab, hidden] bf16, ids [n] int32 (device), out [n, hidden]
 // bf16. An id outside [0, vocab) gives a zero row and sets *bad_id (device, may be null) to 1.
 cudaError_t embedding(const void* table, const int32_t* ids, void* out, int64_t n, int64_t hidden, int64_t vocab,

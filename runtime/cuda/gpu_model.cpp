@@ -1,0 +1,259 @@
+// Host orchestration of the GPU Llama forward pass (no kernels here: see ops.cu and attention/cuda).
+
+#include "runtime/cuda/gpu_model.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "attention/cuda/decode_attention.h"
+#include "attention/cuda/prefill_attention.h"
+#include "runtime/core/allocator.h"
+#include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/error.h"
+#include "runtime/cuda/ops.h"
+#include "runtime/model_weights.h"
+#include "runtime/rope.h"
+
+#define RETRO_CUBLAS_CHECK(expr)                                                                           \
+  do {                                                                                                     \
+    cublasStatus_t retro_cublas_status_ = (expr);                                                          \
+    RETRO_CHECK_KIND(retro_cublas_status_ == CUBLAS_STATUS_SUCCESS, ::retro::ErrorKind::kCuda, "{} failed: {}", \
+                     #expr, cublasGetStatusString(retro_cublas_status_));                                  \
+  } while (0)
+
+namespace retro::runtime::cuda {
+
+namespace {
+
+struct Layer {
+  Buffer input_norm, post_norm, wq, wk, wv, wo, bq, bk, bv, bo, w_gate, w_up, w_down, b_gate, b_up, b_down;
+  Buffer k_cache, v_cache;  // [max_tokens, kv_heads, head_dim] bf16
+};
+
+}  // namespace
+
+struct GpuModel::Impl {
+  ModelConfig config;
+  int device = 0;
+  int64_t max_tokens = 0, max_chunk = 0, length = 0;
+  std::unique_ptr<Allocator> allocator;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  Buffer embed, final_norm, lm_head;
+  std::vector<Layer> layers;
+  // Workspaces for max_chunk tokens.
+  Buffer x, xn, q, attn, gate, up, logits, ids, positions, seq_len, inv_freq, decode_ws;
+  float attention_scaling = 1.0f;
+  attention::cuda::DecodeAttentionPlan decode_plan;
+
+  Buffer upload_weight(const WeightSource& w, const std::string& name) {
+    WeightInfo info = w.info(name);
+    std::vector<bf16> host(static_cast<size_t>(info.shape.numel()));
+    w.read(name, Tensor(host.data(), DType::kBF16, info.shape));
+    Buffer b = allocator->allocate(host.size() * 2, MemoryPurpose::kWeights);
+    RETRO_CUDA_CHECK(cudaMemcpy(b.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+    return b;
+  }
+
+  // y[n, out] (bf16) = x[n, in] (bf16) @ w[out, in]^T, + beta * y; fp32 accumulation.
+  void gemm(const void* xp, int64_t n, int64_t in, const void* w, int64_t out, void* y, float beta,
+            cudaDataType_t y_type = CUDA_R_16BF) {
+    const float alpha = 1.0f;
+    RETRO_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in), &alpha, w, CUDA_R_16BF,
+                                    int(in), xp, CUDA_R_16BF, int(in), &beta, y, y_type, int(out),
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void forward(const int32_t* tokens, int64_t n, float* host_logits) {
+    const ModelConfig& c = config;
+    RETRO_CHECK(n > 0 && n <= max_chunk, "GPU forward of {} tokens (1..{} per step)", n, max_chunk);
+    RETRO_CHECK_KIND(length + n <= max_tokens, ErrorKind::kOutOfMemory,
+                     "sequence of {} tokens does not fit the KV cache planned for {} tokens", length + n, max_tokens);
+    for (int64_t i = 0; i < n; ++i)
+      RETRO_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
+                  tokens[i], c.vocab_size);
+    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, f = c.intermediate_size;
+    std::vector<int64_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = length + i;
+    const int32_t total = static_cast<int32_t>(length + n);
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), tokens, size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), pos.data(), size_t(n) * 8, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), &total, 4, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), x.data(), n, h, c.vocab_size,
+                               nullptr, stream));
+    auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
+    for (Layer& L : layers) {
+      RETRO_CUDA_CHECK(rms_norm(x.data(), L.input_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
+      char* k_rows = bf(L.k_cache) + length * nkv * d * 2;  // the new tokens' rows of the cache
+      char* v_rows = bf(L.v_cache) + length * nkv * d * 2;
+      gemm(xn.data(), n, h, L.wq.data(), nq * d, q.data(), 0.0f);
+      gemm(xn.data(), n, h, L.wk.data(), nkv * d, k_rows, 0.0f);
+      gemm(xn.data(), n, h, L.wv.data(), nkv * d, v_rows, 0.0f);
+      if (L.bq) {
+        RETRO_CUDA_CHECK(add_bias(q.data(), L.bq.data(), n, nq * d, stream));
+        RETRO_CUDA_CHECK(add_bias(k_rows, L.bk.data(), n, nkv * d, stream));
+        RETRO_CUDA_CHECK(add_bias(v_rows, L.bv.data(), n, nkv * d, stream));
+      }
+      const auto* p = static_cast<const int64_t*>(positions.data());
+      const auto* inv = static_cast<const float*>(inv_freq.data());
+      RETRO_CUDA_CHECK(rope(q.data(), p, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
+      RETRO_CUDA_CHECK(rope(k_rows, p, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
+      if (n == 1 && length > 0) {
+        attention::cuda::DecodeAttentionParams a;
+        a.q = q.data();
+        a.q_stride_batch = nq * d;
+        a.k = L.k_cache.data();
+        a.v = L.v_cache.data();
+        a.kv_stride_batch = 0;
+        a.kv_stride_head = d;
+        a.kv_stride_token = nkv * d;
+        a.seq_lens = static_cast<const int32_t*>(seq_len.data());
+        a.out = attn.data();
+        a.batch = 1;
+        a.num_q_heads = int(nq);
+        a.num_kv_heads = int(nkv);
+        a.head_dim = int(d);
+        a.sm_scale = 1.0f / std::sqrt(float(d));
+        attention::cuda::run_decode_attention(a, decode_plan, decode_ws.data(), stream);
+      } else {
+        attention::cuda::PrefillAttentionParams a;
+        a.q = q.data();
+        a.q_stride_token = nq * d;
+        a.k = L.k_cache.data();
+        a.v = L.v_cache.data();
+        a.kv_stride_token = nkv * d;
+        a.kv_stride_head = d;
+        a.out = attn.data();
+        a.n_q = n;
+        a.n_kv = length + n;
+        a.num_q_heads = int(nq);
+        a.num_kv_heads = int(nkv);
+        a.head_dim = int(d);
+        a.sm_scale = 1.0f / std::sqrt(float(d));
+        attention::cuda::run_prefill_attention(a, stream);
+      }
+      gemm(attn.data(), n, nq * d, L.wo.data(), h, x.data(), 1.0f);  // x += o
+      if (L.bo) RETRO_CUDA_CHECK(add_bias(x.data(), L.bo.data(), n, h, stream));
+      RETRO_CUDA_CHECK(rms_norm(x.data(), L.post_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
+      gemm(xn.data(), n, h, L.w_gate.data(), f, gate.data(), 0.0f);
+      gemm(xn.data(), n, h, L.w_up.data(), f, up.data(), 0.0f);
+      if (L.b_gate) {
+        RETRO_CUDA_CHECK(add_bias(gate.data(), L.b_gate.data(), n, f, stream));
+        RETRO_CUDA_CHECK(add_bias(up.data(), L.b_up.data(), n, f, stream));
+      }
+      RETRO_CUDA_CHECK(silu_mul(gate.data(), up.data(), gate.data(), n * f, stream));
+      gemm(gate.data(), n, f, L.w_down.data(), h, x.data(), 1.0f);  // x += mlp
+      if (L.b_down) RETRO_CUDA_CHECK(add_bias(x.data(), L.b_down.data(), n, h, stream));
+    }
+    length += n;
+    if (host_logits != nullptr) {
+      const char* last = bf(x) + (n - 1) * h * 2;
+      RETRO_CUDA_CHECK(rms_norm(last, final_norm.data(), xn.data(), 1, h, c.rms_norm_eps, stream));
+      const Buffer& head = c.tie_word_embeddings ? embed : lm_head;
+      gemm(xn.data(), 1, h, head.data(), c.vocab_size, logits.data(), 0.0f, CUDA_R_32F);
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(host_logits, logits.data(), size_t(c.vocab_size) * 4, cudaMemcpyDeviceToHost,
+                                       stream));
+    }
+    RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+};
+
+GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
+                   int64_t max_chunk)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.config = config;
+  m.config.validate();
+  validate_weights(m.config, weights);
+  RETRO_CHECK(max_tokens > 0 && max_chunk > 0, "GPU model needs positive max_tokens and max_chunk");
+  m.device = device;
+  m.max_tokens = max_tokens;
+  m.max_chunk = std::min(max_chunk, max_tokens);
+  m.allocator = make_device_allocator(device);
+  RETRO_CUDA_CHECK(cudaSetDevice(device));
+  RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  RETRO_CUBLAS_CHECK(cublasCreate(&m.cublas));
+  RETRO_CUBLAS_CHECK(cublasSetStream(m.cublas, m.stream));
+  const ModelConfig& c = m.config;
+  const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, f = c.intermediate_size;
+  m.embed = m.upload_weight(weights, "model.embed_tokens.weight");
+  m.final_norm = m.upload_weight(weights, "model.norm.weight");
+  if (!c.tie_word_embeddings) m.lm_head = m.upload_weight(weights, "lm_head.weight");
+  m.layers.resize(size_t(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    Layer& L = m.layers[size_t(l)];
+    const std::string p = fmt::format("model.layers.{}.", l);
+    auto up = [&](const std::string& n) { return m.upload_weight(weights, p + n); };
+    L.input_norm = up("input_layernorm.weight");
+    L.post_norm = up("post_attention_layernorm.weight");
+    L.wq = up("self_attn.q_proj.weight");
+    L.wk = up("self_attn.k_proj.weight");
+    L.wv = up("self_attn.v_proj.weight");
+    L.wo = up("self_attn.o_proj.weight");
+    if (c.attention_bias) {
+      L.bq = up("self_attn.q_proj.bias");
+      L.bk = up("self_attn.k_proj.bias");
+      L.bv = up("self_attn.v_proj.bias");
+    }
+    if (c.attention_out_bias) L.bo = up("self_attn.o_proj.bias");
+    L.w_gate = up("mlp.gate_proj.weight");
+    L.w_up = up("mlp.up_proj.weight");
+    L.w_down = up("mlp.down_proj.weight");
+    if (c.mlp_bias) {
+      L.b_gate = up("mlp.gate_proj.bias");
+      L.b_up = up("mlp.up_proj.bias");
+      L.b_down = up("mlp.down_proj.bias");
+    }
+    const size_t cache_bytes = size_t(max_tokens) * size_t(nkv * d) * 2;
+    L.k_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
+    L.v_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
+  }
+  const int64_t chunk = m.max_chunk;
+  auto act = [&](size_t bytes) { return m.allocator->allocate(bytes, MemoryPurpose::kActivations); };
+  m.x = act(size_t(chunk * h) * 2);
+  m.xn = act(size_t(chunk * h) * 2);
+  m.q = act(size_t(chunk * nq * d) * 2);
+  m.attn = act(size_t(chunk * nq * d) * 2);
+  m.gate = act(size_t(chunk * f) * 2);
+  m.up = act(size_t(chunk * f) * 2);
+  m.logits = act(size_t(c.vocab_size) * 4);
+  m.ids = act(size_t(chunk) * 4);
+  m.positions = act(size_t(chunk) * 8);
+  m.seq_len = act(4);
+  RopeTable rope(c);
+  m.attention_scaling = rope.attention_scaling();
+  m.inv_freq = act(rope.inv_freq().size() * 4);
+  RETRO_CUDA_CHECK(cudaMemcpy(m.inv_freq.data(), rope.inv_freq().data(), rope.inv_freq().size() * 4,
+                              cudaMemcpyHostToDevice));
+  m.decode_plan = attention::cuda::plan_decode_attention(1, int(nq), int(nkv), int(d), max_tokens);
+  if (m.decode_plan.workspace_bytes) m.decode_ws = m.allocator->allocate(m.decode_plan.workspace_bytes, MemoryPurpose::kWorkspace);
+}
+
+GpuModel::~GpuModel() {
+  if (impl_ && impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_ && impl_->stream) cudaStreamDestroy(impl_->stream);
+}
+
+const ModelConfig& GpuModel::config() const { return impl_->config; }
+int64_t GpuModel::length() const { return impl_->length; }
+void GpuModel::reset() { impl_->length = 0; }
+
+void GpuModel::prefill(std::span<const int32_t> tokens, float* logits) {
+  RETRO_CHECK(!tokens.empty(), "empty prompt");
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  for (int64_t start = 0; start < total; start += impl_->max_chunk) {
+    const int64_t n = std::min(impl_->max_chunk, total - start);
+    impl_->forward(tokens.data() + start, n, start + n == total ? logits : nullptr);
+  }
+}
+
+void GpuModel::decode(int32_t token, float* logits) { impl_->forward(&token, 1, logits); }
+
+}  // namespace retro::runtime::cuda
