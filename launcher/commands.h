@@ -15,5 +15,7 @@ void register_demo_command(CLI::App& app);
 void register_model_benches(CLI::App& bench);
 // `bench` subcommands of the GPU attention kernels, added to the app's `bench` command.
 void register_gpu_attention_benches(CLI::App& bench);
+// `bench model --backend cuda`: end-to-end GPU prefill and decode of one sequence.
+void register_gpu_model_bench(CLI::App& bench);
 
 }  // namespace retro::launcher

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   retro::launcher::register_gpu_attention_benches(*bench);
   retro::launcher::register_model_benches(*bench);
+  retro::launcher::register_gpu_model_bench(*bench);
   retro::launcher::register_bench_command(app);
   try {
     retro::parallel::init_mpi_world(&argc, &argv);
