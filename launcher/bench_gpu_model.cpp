@@ -32,6 +32,7 @@ struct GpuModelBenchOptions {
   std::string contexts = "8k,32k";
   int decode_tokens = 32;
   int64_t chunk = 2048;
+  bool eager = false;
   std::string json_out;
 };
 
@@ -46,10 +47,10 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   auto t0 = Clock::now();
   runtime::ModelConfig config;
   auto weights = runtime::open_model(o.model, &config);
-  runtime::cuda::GpuModel model(config, *weights, 0, max_context + o.decode_tokens, o.chunk);
-  fmt::print("model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s)\n\n", o.model,
-             gpus[0].name, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
-             std::chrono::duration<double>(Clock::now() - t0).count());
+  runtime::cuda::GpuModel model(config, *weights, 0, max_context + o.decode_tokens, o.chunk, /*use_cuda_graph=*/!o.eager);
+  fmt::print("model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); decode step {}\n\n",
+             o.model, gpus[0].name, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+             std::chrono::duration<double>(Clock::now() - t0).count(), o.eager ? "launched eagerly" : "a CUDA graph");
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
   fmt::print("| context | batch | prefill s | prefill tokens/s | decode ms/token | decode tokens/s |\n");
@@ -75,7 +76,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                       {"model", o.model},            {"device", gpus[0].name},
                                       {"context", ctx},              {"batch", 1},
                                       {"prefill_s", prefill_s},      {"decode_ms_per_token", decode_ms},
-                                      {"decode_tokens_per_s", 1e3 / decode_ms}}
+                                      {"decode_tokens_per_s", 1e3 / decode_ms}, {"cuda_graph", !o.eager}}
                    .dump()
             << "\n";
     }
@@ -94,6 +95,7 @@ void register_gpu_model_bench(CLI::App& bench) {
   cmd->add_option("--context", o->contexts, "Prompt lengths, e.g. 8k,32k")->capture_default_str();
   cmd->add_option("--decode-tokens", o->decode_tokens, "Greedy tokens timed after the prompt")->capture_default_str();
   cmd->add_option("--chunk", o->chunk, "Prefill chunk (tokens per step)")->capture_default_str();
+  cmd->add_flag("--eager", o->eager, "Launch the decode step's kernels one by one instead of replaying a CUDA graph");
   cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
   cmd->callback([o] {
 #ifdef RETRO_WITH_CUDA

@@ -49,7 +49,14 @@ struct GpuModel::Impl {
   Buffer embed, final_norm, lm_head;
   std::vector<Layer> layers;
   // Workspaces for max_chunk tokens.
-  Buffer x, xn, q, attn, gate, up, logits, ids, positions, seq_len, inv_freq, decode_ws;
+  Buffer x, xn, q, attn, gate, up, logits, ids, positions, seq_len, inv_freq, decode_ws, k_new, v_new, cublas_ws;
+  // Pinned host staging of one decode step: read and written by copies inside the captured graph.
+  int32_t* h_token = nullptr;
+  int64_t* h_pos = nullptr;
+  int32_t* h_len = nullptr;
+  float* h_logits = nullptr;
+  bool use_graph = true;
+  cudaGraphExec_t graph = nullptr;
   float attention_scaling = 1.0f;
   attention::cuda::DecodeAttentionPlan decode_plan;
 
@@ -71,28 +78,31 @@ struct GpuModel::Impl {
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
-  void forward(const int32_t* tokens, int64_t n, float* host_logits) {
-    const ModelConfig& c = config;
+  void check_step(const int32_t* tokens, int64_t n) const {
     RETRO_CHECK(n > 0 && n <= max_chunk, "GPU forward of {} tokens (1..{} per step)", n, max_chunk);
     RETRO_CHECK_KIND(length + n <= max_tokens, ErrorKind::kOutOfMemory,
                      "sequence of {} tokens does not fit the KV cache planned for {} tokens", length + n, max_tokens);
     for (int64_t i = 0; i < n; ++i)
-      RETRO_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
-                  tokens[i], c.vocab_size);
+      RETRO_CHECK(tokens[i] >= 0 && tokens[i] < config.vocab_size, "token id {} is outside the vocabulary [0, {})",
+                  tokens[i], config.vocab_size);
+  }
+
+  // Every launch of one step over n tokens whose ids, positions and total length are already in
+  // device memory. decode_step (n == 1): K/V go through scratch rows and append_kv, attention is the
+  // split-KV decode kernel, and nothing depends on host values — the step can be captured in a graph.
+  // Prefill: K/V land straight in their cache rows and attention is the tensor-core prefill kernel.
+  void run_layers(int64_t n, bool decode_step, bool want_logits) {
+    const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, f = c.intermediate_size;
-    std::vector<int64_t> pos(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = length + i;
-    const int32_t total = static_cast<int32_t>(length + n);
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), tokens, size_t(n) * 4, cudaMemcpyHostToDevice, stream));
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), pos.data(), size_t(n) * 8, cudaMemcpyHostToDevice, stream));
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), &total, 4, cudaMemcpyHostToDevice, stream));
+    auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
     RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), x.data(), n, h, c.vocab_size,
                                nullptr, stream));
-    auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
+    const auto* pos = static_cast<const int64_t*>(positions.data());
+    const auto* inv = static_cast<const float*>(inv_freq.data());
     for (Layer& L : layers) {
       RETRO_CUDA_CHECK(rms_norm(x.data(), L.input_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
-      char* k_rows = bf(L.k_cache) + length * nkv * d * 2;  // the new tokens' rows of the cache
-      char* v_rows = bf(L.v_cache) + length * nkv * d * 2;
+      void* k_rows = decode_step ? k_new.data() : bf(L.k_cache) + length * nkv * d * 2;
+      void* v_rows = decode_step ? v_new.data() : bf(L.v_cache) + length * nkv * d * 2;
       gemm(xn.data(), n, h, L.wq.data(), nq * d, q.data(), 0.0f);
       gemm(xn.data(), n, h, L.wk.data(), nkv * d, k_rows, 0.0f);
       gemm(xn.data(), n, h, L.wv.data(), nkv * d, v_rows, 0.0f);
@@ -101,11 +111,10 @@ struct GpuModel::Impl {
         RETRO_CUDA_CHECK(add_bias(k_rows, L.bk.data(), n, nkv * d, stream));
         RETRO_CUDA_CHECK(add_bias(v_rows, L.bv.data(), n, nkv * d, stream));
       }
-      const auto* p = static_cast<const int64_t*>(positions.data());
-      const auto* inv = static_cast<const float*>(inv_freq.data());
-      RETRO_CUDA_CHECK(rope(q.data(), p, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
-      RETRO_CUDA_CHECK(rope(k_rows, p, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
-      if (n == 1 && length > 0) {
+      RETRO_CUDA_CHECK(rope(q.data(), pos, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
+      RETRO_CUDA_CHECK(rope(k_rows, pos, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
+      if (decode_step) {
+        RETRO_CUDA_CHECK(append_kv(k_rows, v_rows, L.k_cache.data(), L.v_cache.data(), pos, 1, nkv * d, stream));
         attention::cuda::DecodeAttentionParams a;
         a.q = q.data();
         a.q_stride_batch = nq * d;
@@ -152,23 +161,73 @@ struct GpuModel::Impl {
       gemm(gate.data(), n, f, L.w_down.data(), h, x.data(), 1.0f);  // x += mlp
       if (L.b_down) RETRO_CUDA_CHECK(add_bias(x.data(), L.b_down.data(), n, h, stream));
     }
-    length += n;
-    if (host_logits != nullptr) {
+    if (want_logits) {
       const char* last = bf(x) + (n - 1) * h * 2;
       RETRO_CUDA_CHECK(rms_norm(last, final_norm.data(), xn.data(), 1, h, c.rms_norm_eps, stream));
       const Buffer& head = c.tie_word_embeddings ? embed : lm_head;
       gemm(xn.data(), 1, h, head.data(), c.vocab_size, logits.data(), 0.0f, CUDA_R_32F);
-      RETRO_CUDA_CHECK(cudaMemcpyAsync(host_logits, logits.data(), size_t(c.vocab_size) * 4, cudaMemcpyDeviceToHost,
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, logits.data(), size_t(c.vocab_size) * 4, cudaMemcpyDeviceToHost,
                                        stream));
     }
+  }
+
+  void prefill_chunk(const int32_t* tokens, int64_t n, float* host_logits) {
+    check_step(tokens, n);
+    std::vector<int64_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = length + i;
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), tokens, size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), pos.data(), size_t(n) * 8, cudaMemcpyHostToDevice, stream));
+    run_layers(n, /*decode_step=*/false, host_logits != nullptr);
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    length += n;
+    if (host_logits != nullptr) std::copy_n(h_logits, config.vocab_size, host_logits);
+  }
+
+  // The decode step's inputs travel from pinned host memory inside the step, so a captured graph
+  // reads this step's values on every replay.
+  void decode_body() {
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), h_token, 4, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), h_pos, 8, cudaMemcpyHostToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), h_len, 4, cudaMemcpyHostToDevice, stream));
+    run_layers(1, /*decode_step=*/true, /*want_logits=*/true);
+  }
+
+  void decode_token(int32_t token, float* host_logits) {
+    check_step(&token, 1);
+    *h_token = token;
+    *h_pos = length;
+    *h_len = static_cast<int32_t>(length + 1);
+    if (!use_graph) {
+      decode_body();
+    } else {
+      if (graph == nullptr) {
+        cudaGraph_t g = nullptr;
+        RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        try {
+          decode_body();
+        } catch (...) {
+          cudaStreamEndCapture(stream, &g);
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        RETRO_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+        cudaError_t st = cudaGraphInstantiate(&graph, g, 0);
+        cudaGraphDestroy(g);
+        RETRO_CUDA_CHECK(st);
+      }
+      RETRO_CUDA_CHECK(cudaGraphLaunch(graph, stream));
+    }
+    RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    length += 1;
+    std::copy_n(h_logits, config.vocab_size, host_logits);
   }
 };
 
 GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
-                   int64_t max_chunk)
+                   int64_t max_chunk, bool use_cuda_graph)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
+  m.use_graph = use_cuda_graph;
   m.config = config;
   m.config.validate();
   validate_weights(m.config, weights);
@@ -227,6 +286,16 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.ids = act(size_t(chunk) * 4);
   m.positions = act(size_t(chunk) * 8);
   m.seq_len = act(4);
+  m.k_new = act(size_t(nkv * d) * 2);
+  m.v_new = act(size_t(nkv * d) * 2);
+  // A fixed cuBLAS workspace: graph capture must not see cuBLAS allocate.
+  constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  m.cublas_ws = m.allocator->allocate(kCublasWorkspace, MemoryPurpose::kWorkspace);
+  RETRO_CUBLAS_CHECK(cublasSetWorkspace(m.cublas, m.cublas_ws.data(), kCublasWorkspace));
+  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_token), 4, cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_pos), 8, cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_len), 4, cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_logits), size_t(c.vocab_size) * 4, cudaHostAllocDefault));
   RopeTable rope(c);
   m.attention_scaling = rope.attention_scaling();
   m.inv_freq = act(rope.inv_freq().size() * 4);
@@ -237,8 +306,13 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
 }
 
 GpuModel::~GpuModel() {
-  if (impl_ && impl_->cublas) cublasDestroy(impl_->cublas);
-  if (impl_ && impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (!impl_) return;
+  if (impl_->graph) cudaGraphExecDestroy(impl_->graph);
+  if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  for (void* p : {static_cast<void*>(impl_->h_token), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_len),
+                  static_cast<void*>(impl_->h_logits)})
+    if (p) cudaFreeHost(p);
 }
 
 const ModelConfig& GpuModel::config() const { return impl_->config; }
@@ -250,10 +324,10 @@ void GpuModel::prefill(std::span<const int32_t> tokens, float* logits) {
   const int64_t total = static_cast<int64_t>(tokens.size());
   for (int64_t start = 0; start < total; start += impl_->max_chunk) {
     const int64_t n = std::min(impl_->max_chunk, total - start);
-    impl_->forward(tokens.data() + start, n, start + n == total ? logits : nullptr);
+    impl_->prefill_chunk(tokens.data() + start, n, start + n == total ? logits : nullptr);
   }
 }
 
-void GpuModel::decode(int32_t token, float* logits) { impl_->forward(&token, 1, logits); }
+void GpuModel::decode(int32_t token, float* logits) { impl_->decode_token(token, logits); }
 
 }  // namespace retro::runtime::cuda

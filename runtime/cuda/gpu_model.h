@@ -19,8 +19,10 @@ class GpuModel {
  public:
   // Copies every weight to device `device` as bf16. Throws retro::Error (kOutOfMemory) naming the pool
   // when weights, KV cache (max_tokens) and workspaces (max_chunk tokens) do not fit.
+  // use_cuda_graph: the decode step is captured once and replayed (its inputs travel through pinned
+  // host memory inside the graph); false launches every kernel each step.
   GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
-           int64_t max_chunk = 1024);
+           int64_t max_chunk = 1024, bool use_cuda_graph = true);
   ~GpuModel();
   GpuModel(const GpuModel&) = delete;
   GpuModel& operator=(const GpuModel&) = delete;

@@ -49,6 +49,16 @@ cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStre
   return cudaGetLastError();
 }
 
+cudaError_t append_kv(const void* k_new, const void* v_new, void* k_cache, void* v_cache, const int64_t* position,
+                      int64_t n, int64_t row_elems, cudaStream_t stream) {
+  if (n < 0 || row_elems <= 0 || row_elems % 8 != 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::append_kv_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(
+      static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), static_cast<uint4*>(k_cache),
+      static_cast<uint4*>(v_cache), position, row_elems / 8);
+  return cudaGetLastError();
+}
+
 cudaError_t embedding(const void* table, const int32_t* ids, void* out, int64_t n, int64_t hidden, int64_t vocab,
                       int32_t* bad_id, cudaStream_t stream) {
   if (n < 0 || hidden <= 0 || vocab <= 0) return cudaErrorInvalidValue;

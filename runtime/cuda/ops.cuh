@@ -72,6 +72,16 @@ __global__ void add_bias_kernel(__nv_bfloat16* y, const __nv_bfloat16* __restric
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % dim]));
 }
 
+// One block per new row; 16-byte copies (row_elems % 8 == 0).
+__global__ void append_kv_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, uint4* k_cache,
+                                 uint4* v_cache, const int64_t* __restrict__ position, int64_t row_vecs) {
+  const int64_t dst = (position[0] + blockIdx.x) * row_vecs, src = int64_t(blockIdx.x) * row_vecs;
+  for (int64_t i = threadIdx.x; i < row_vecs; i += blockDim.x) {
+    k_cache[dst + i] = k_new[src + i];
+    v_cache[dst + i] = v_new[src + i];
+  }
+}
+
 // One block per token.
 __global__ void embedding_kernel(const __nv_bfloat16* __restrict__ table, const int32_t* __restrict__ ids,
                                  __nv_bfloat16* __restrict__ out, int64_t hidden, int64_t vocab, int32_t* bad_id) {

@@ -90,6 +90,27 @@ TEST_F(NeedleModelGpu, GreedyContinuationsMatchTransformers) {
   }
 }
 
+// The captured decode step replays exactly what eager launches compute.
+TEST_F(NeedleModelGpu, CapturedDecodeStepEqualsEagerLaunches) {
+  ModelConfig config;
+  auto weights = open_model(kModelDir.string(), &config);
+  cuda::GpuModel eager(config, *weights, 0, /*max_tokens=*/2048, /*max_chunk=*/512, /*use_cuda_graph=*/false);
+  Tensor ids_t = reference_->mapped("ids_1k");
+  std::vector<int32_t> ids(ids_t.data_as<int32_t>(), ids_t.data_as<int32_t>() + ids_t.numel());
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  std::vector<float> a(vocab), b(vocab);
+  model_->reset();
+  model_->prefill(ids, a.data());
+  eager.prefill(ids, b.data());
+  for (int step = 0; step < 16; ++step) {
+    ASSERT_EQ(a, b) << "step " << step;
+    const int32_t next = argmax(a);
+    model_->decode(next, a.data());
+    eager.decode(next, b.data());
+  }
+  EXPECT_EQ(model_->length(), eager.length());
+}
+
 TEST_F(NeedleModelGpu, KvCacheOverflowIsAClearError) {
   std::vector<int32_t> ids(9000, 5);
   std::vector<float> logits(static_cast<size_t>(model_->config().vocab_size));
