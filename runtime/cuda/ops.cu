@@ -49,13 +49,13 @@ cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStre
   return cudaGetLastError();
 }
 
-cudaError_t append_kv(const void* k_new, const void* v_new, void* k_cache, void* v_cache, const int64_t* position,
-                      int64_t n, int64_t row_elems, cudaStream_t stream) {
-  if (n < 0 || row_elems <= 0 || row_elems % 8 != 0) return cudaErrorInvalidValue;
+cudaError_t append_kv(const void* k_new, const void* v_new, void* k_cache, void* v_cache, const int64_t* positions,
+                      int64_t n, int64_t row_elems, int64_t slot_stride, cudaStream_t stream) {
+  if (n < 0 || row_elems <= 0 || row_elems % 8 != 0 || slot_stride % 8 != 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   kernels::append_kv_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(
       static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new), static_cast<uint4*>(k_cache),
-      static_cast<uint4*>(v_cache), position, row_elems / 8);
+      static_cast<uint4*>(v_cache), positions, row_elems / 8, slot_stride / 8);
   return cudaGetLastError();
 }
 

@@ -72,10 +72,11 @@ __global__ void add_bias_kernel(__nv_bfloat16* y, const __nv_bfloat16* __restric
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % dim]));
 }
 
-// One block per new row; 16-byte copies (row_elems % 8 == 0).
+// One block per sequence; 16-byte copies (row_elems and slot_stride multiples of 8).
 __global__ void append_kv_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, uint4* k_cache,
-                                 uint4* v_cache, const int64_t* __restrict__ position, int64_t row_vecs) {
-  const int64_t dst = (position[0] + blockIdx.x) * row_vecs, src = int64_t(blockIdx.x) * row_vecs;
+                                 uint4* v_cache, const int64_t* __restrict__ positions, int64_t row_vecs,
+                                 int64_t slot_vecs) {
+  const int64_t dst = blockIdx.x * slot_vecs + positions[blockIdx.x] * row_vecs, src = int64_t(blockIdx.x) * row_vecs;
   for (int64_t i = threadIdx.x; i < row_vecs; i += blockDim.x) {
     k_cache[dst + i] = k_new[src + i];
     v_cache[dst + i] = v_new[src + i];

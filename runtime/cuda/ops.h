@@ -28,10 +28,11 @@ cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cud
 // y[n, dim] += bias[dim] (bf16).
 cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStream_t stream);
 
-// Appends n new K and V rows ([n, row_elems] bf16 each) to the caches at row *position (device), so
-// a captured decode step needs no host-side pointer arithmetic.
-cudaError_t append_kv(const void* k_new, const void* v_new, void* k_cache, void* v_cache, const int64_t* position,
-                      int64_t n, int64_t row_elems, cudaStream_t stream);
+// Appends the new K and V rows of n sequences ([n, row_elems] bf16 each): row i goes to sequence i's
+// cache (slot_stride elements apart) at row positions[i] (device), so a captured decode step needs no
+// host-side pointer arithmetic.
+cudaError_t append_kv(const void* k_new, const void* v_new, void* k_cache, void* v_cache, const int64_t* positions,
+                      int64_t n, int64_t row_elems, int64_t slot_stride, cudaStream_t stream);
 
 // out[t, :] = table[ids[t], :]. table [vocab, hidden] bf16, ids [n] int32 (device), out [n, hidden]
 // bf16. An id outside [0, vocab) gives a zero row and sets *bad_id (device, may be null) to 1.
