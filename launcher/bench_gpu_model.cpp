@@ -107,7 +107,8 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
 void register_gpu_model_bench(CLI::App& bench) {
   auto o = std::make_shared<GpuModelBenchOptions>();
   CLI::App* cmd = bench.add_subcommand(
-      "model", "End-to-end prefill and batched decode speed with dense attention on the GPU");
+      "model", "End-to-end prefill and batched decode speed with dense attention on the GPU (alias: decode)");
+  cmd->alias("decode");
   cmd->add_option("--model", o->model, "Model: directory, .gguf file or preset:NAME")->capture_default_str();
   cmd->add_option("--backend", o->backend, "Backend (cuda)")->check(CLI::IsMember({"cuda"}))->capture_default_str();
   cmd->add_option("--context", o->contexts, "Prompt lengths, e.g. 8k,32k")->capture_default_str();

@@ -253,6 +253,17 @@ struct GpuModel::Impl {
   }
 };
 
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& c, int64_t max_tokens, int64_t max_chunk, int max_batch) {
+  GpuModelMemoryPlan p;
+  for (const WeightInfo& w : expected_weights(c)) p.weights += size_t(w.shape.numel()) * 2;
+  p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
+  const size_t rows = size_t(std::max<int64_t>(std::min(max_chunk, max_tokens), max_batch));
+  const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
+  p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + size_t(max_batch) * size_t(c.vocab_size) * 4 + rows * 12 +
+                  (size_t(32) << 20);  // + cuBLAS workspace
+  return p;
+}
+
 GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
                    int64_t max_chunk, bool use_cuda_graph, int max_batch)
     : impl_(std::make_unique<Impl>()) {
@@ -271,6 +282,17 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.max_chunk = std::min(max_chunk, max_tokens);
   m.allocator = make_device_allocator(device);
   RETRO_CUDA_CHECK(cudaSetDevice(device));
+  {
+    const GpuModelMemoryPlan plan = plan_gpu_model_memory(m.config, max_tokens, max_chunk, max_batch);
+    size_t free_b = 0, total_b = 0;
+    RETRO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    RETRO_CHECK_KIND(plan.total() <= free_b, ErrorKind::kOutOfMemory,
+                     "the model needs {} on cuda:{} ({} weights, {} KV cache for {} x {} tokens, {} activations) "
+                     "but {} of {} is free",
+                     format_bytes(plan.total()), device, format_bytes(plan.weights), format_bytes(plan.kv_cache),
+                     max_batch, max_tokens, format_bytes(plan.activations), format_bytes(free_b),
+                     format_bytes(total_b));
+  }
   RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   RETRO_CUBLAS_CHECK(cublasCreate(&m.cublas));
   RETRO_CUBLAS_CHECK(cublasSetStream(m.cublas, m.stream));

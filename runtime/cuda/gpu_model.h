@@ -17,10 +17,21 @@
 
 namespace retro::runtime::cuda {
 
+// Device bytes a GpuModel of this shape needs, by purpose.
+struct GpuModelMemoryPlan {
+  size_t weights = 0;
+  size_t kv_cache = 0;
+  size_t activations = 0;  // including the cuBLAS workspace and attention scratch
+  size_t total() const { return weights + kv_cache + activations; }
+};
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_tokens, int64_t max_chunk,
+                                         int max_batch);
+
 class GpuModel {
  public:
-  // Copies every weight to device `device` as bf16. Throws retro::Error (kOutOfMemory) naming the pool
-  // when weights, KV cache (max_tokens) and workspaces (max_chunk tokens) do not fit.
+  // Copies every weight to device `device` as bf16. The memory plan is checked against the device's
+  // free memory first: when weights, KV cache (max_batch x max_tokens) and workspaces do not fit,
+  // retro::Error (kOutOfMemory) gives the breakdown before a byte is uploaded.
   // use_cuda_graph: the decode step is captured once and replayed (its inputs travel through pinned
   // host memory inside the graph); false launches every kernel each step.
   GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,

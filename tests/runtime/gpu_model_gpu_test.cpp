@@ -156,6 +156,20 @@ TEST_F(NeedleModelGpu, BatchedDecodeOfRaggedSequencesMatchesEachAlone) {
   EXPECT_EQ(batched.length(2), int64_t(prompts[2].size()) + 6);
 }
 
+TEST_F(NeedleModelGpu, AModelThatCannotFitIsRefusedBeforeLoading) {
+  ModelConfig config;
+  auto weights = open_model(kModelDir.string(), &config);
+  cuda::GpuModelMemoryPlan plan = cuda::plan_gpu_model_memory(config, int64_t(1) << 31, 512, 64);
+  EXPECT_GT(plan.kv_cache, size_t(1) << 40);
+  try {
+    cuda::GpuModel huge(config, *weights, 0, int64_t(1) << 31, 512, true, 64);
+    FAIL() << "a 2-TiB KV cache should not fit";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfMemory);
+    EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(NeedleModelGpu, KvCacheOverflowIsAClearError) {
   std::vector<int32_t> ids(9000, 5);
   std::vector<float> logits(static_cast<size_t>(model_->config().vocab_size));
