@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -26,7 +28,7 @@ namespace {
 
 #ifdef RETRO_WITH_CUDA
 
-const std::filesystem::path kModelDir = "../shared/models/needle-llama-tiny";
+const std::filesystem::path kModelDir = test_support::kNeedleModelDir;
 
 // A bf16 pipeline rounds every activation: its logits sit ~1e-2 from an fp32 pipeline's, with tails
 // a few times that; argmax agreement is what greedy decoding needs.

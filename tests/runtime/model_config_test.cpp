@@ -4,6 +4,8 @@
 #include "runtime/model_config.h"
 
 #include <gtest/gtest.h>
+
+#include "tests/test_support.h"
 #include <unistd.h>
 
 #include <filesystem>
@@ -18,19 +20,9 @@ namespace {
 
 using nlohmann::json;
 
-const char* const kNeedleDir = "../shared/models/needle-llama-tiny";
+const char* const kNeedleDir = retro::test_support::kNeedleModelDir;
 
-// Runs fn, expects a retro::Error of `kind` whose message contains every one of `parts`.
-template <typename Fn>
-void expect_error(Fn&& fn, ErrorKind kind, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using retro::test_support::expect_error;
 
 json llama31_8b() {
   return json::parse(R"({

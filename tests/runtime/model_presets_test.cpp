@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -20,18 +22,9 @@
 namespace retro::runtime {
 namespace {
 
-const char* const kNeedleDir = "../shared/models/needle-llama-tiny";
+const char* const kNeedleDir = retro::test_support::kNeedleModelDir;
 
-template <typename Fn>
-void expect_error(Fn&& fn, ErrorKind kind, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using retro::test_support::expect_error;
 
 int64_t parameter_count(const ModelConfig& c) {
   int64_t n = 0;

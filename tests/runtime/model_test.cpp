@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -20,7 +22,7 @@
 namespace retro::runtime {
 namespace {
 
-const std::filesystem::path kModelDir = "../shared/models/needle-llama-tiny";
+const std::filesystem::path kModelDir = test_support::kNeedleModelDir;
 
 class NeedleModel : public testing::Test {
  protected:

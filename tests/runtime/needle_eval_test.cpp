@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -18,7 +20,7 @@
 namespace retro::runtime {
 namespace {
 
-const std::filesystem::path kModelDir = "../shared/models/needle-llama-tiny";
+const std::filesystem::path kModelDir = test_support::kNeedleModelDir;
 const std::filesystem::path kData = "../shared/data/niah-dev.jsonl";
 
 void run_length(int64_t length) {

@@ -1,0 +1,28 @@
+#pragma once
+// Helpers shared by the test executables.
+
+#include <gtest/gtest.h>
+
+#include <initializer_list>
+#include <string>
+
+#include "runtime/core/error.h"
+
+namespace retro::test_support {
+
+// The trained test model, beside the repository (tests run from the repository root).
+inline constexpr const char* kNeedleModelDir = "../shared/models/needle-llama-tiny";
+
+// Runs fn and expects a retro::Error of `kind` whose message contains every one of `parts`.
+template <typename Fn>
+void expect_error(Fn&& fn, ErrorKind kind, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing '" << *parts.begin() << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace retro::test_support
