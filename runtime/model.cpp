@@ -1,8 +1,9 @@
 #include "runtime/model.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 #include <unordered_map>
 
 #include "runtime/core/error.h"
@@ -13,7 +14,6 @@ namespace retro::runtime {
 
 using ops::linear;
 using ops::rms_norm;
-
 
 Model::Model(const ModelConfig& config, const WeightSource& weights, Allocator& host_allocator)
     : config_(config), host_(host_allocator), rope_(config) {
