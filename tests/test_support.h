@@ -25,4 +25,18 @@ void expect_error(Fn&& fn, ErrorKind kind, std::initializer_list<std::string> pa
   }
 }
 
+// The message of the retro::Error that fn throws, with its kind checked (empty, and a failure, when
+// fn does not throw).
+template <typename Fn>
+std::string error_of(Fn&& fn, ErrorKind kind = ErrorKind::kInvalidInput) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a retro::Error";
+  return {};
+}
+
 }  // namespace retro::test_support

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -22,17 +24,7 @@ std::string unique_name(const std::string& suffix) {
   return std::string("retro_") + info->name() + "_" + suffix + ".gguf";
 }
 
-template <typename Fn>
-std::string error_of(Fn&& fn, ErrorKind kind = ErrorKind::kInvalidInput) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a retro::Error";
-  return {};
-}
+using retro::test_support::error_of;
 
 std::vector<uint8_t> q8_0_rows(const std::vector<std::vector<int8_t>>& rows, float d) {
   std::vector<uint8_t> out;

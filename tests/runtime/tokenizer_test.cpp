@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_support.h"
+
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -31,18 +33,7 @@ std::string decode_all(const Tokenizer& t, const std::vector<int32_t>& ids, bool
   return t.decode(ids, skip);
 }
 
-// The message of the retro::Error that fn throws, with its kind checked.
-template <typename Fn>
-std::string error_of(Fn&& fn, ErrorKind kind = ErrorKind::kInvalidInput) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a retro::Error";
-  return {};
-}
+using retro::test_support::error_of;
 
 // ---------------------------------------------------------------- needle-llama-tiny
 
