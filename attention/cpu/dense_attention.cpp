@@ -1,5 +1,7 @@
 #include "attention/dense_attention.h"
 
+#include "attention/impl/group_rows.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -146,23 +148,12 @@ void dense_attention_causal(const AttentionShape& shape, const float* q, int64_t
       std::copy_n(k + (t * hkv + g) * d, d, kh.data() + t * d);
       std::copy_n(v + (t * hkv + g) * d, d, vh.data() + t * d);
     }
-    std::vector<float> qg(static_cast<size_t>(rows * d)), og(static_cast<size_t>(rows * d)), lg(static_cast<size_t>(rows));
-    std::vector<int64_t> pos(static_cast<size_t>(rows));
-    for (int64_t i = 0; i < n_q; ++i)
-      for (int h = 0; h < g_size; ++h) {
-        const int64_t r = i * g_size + h;
-        std::copy_n(q + (i * hq + g * g_size + h) * d, d, qg.data() + r * d);
-        pos[static_cast<size_t>(r)] = n_kv - n_q + i;
-      }
-    init_states(og.data(), lg.data(), rows, d);
+    impl::GroupRows gr;
+    impl::gather_group_rows(q, n_q, hq, static_cast<int>(g), g_size, d, n_kv - n_q, gr);
     KvRun run{kh.data(), vh.data(), n_kv, 0};
-    attend_exact(qg.data(), rows, d, scale, pos.data(), std::span<const KvRun>(&run, 1), og.data(), lg.data());
-    for (int64_t i = 0; i < n_q; ++i)
-      for (int h = 0; h < g_size; ++h) {
-        const int64_t r = i * g_size + h;
-        std::copy_n(og.data() + r * d, d, out + (i * hq + g * g_size + h) * d);
-        if (lse != nullptr) lse[i * hq + g * g_size + h] = lg[static_cast<size_t>(r)];
-      }
+    attend_exact(gr.q.data(), rows, d, scale, gr.pos.data(), std::span<const KvRun>(&run, 1), gr.o.data(),
+                 gr.lse.data());
+    impl::scatter_group_rows(gr, n_q, hq, static_cast<int>(g), g_size, d, out, lse);
   };
   if (rows < kGemmRows) {
     impl::parallel_for(hkv, one_head);

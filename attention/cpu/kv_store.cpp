@@ -1,5 +1,7 @@
 #include "attention/kv_store.h"
 
+#include "attention/impl/group_rows.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -160,25 +162,13 @@ void SequenceKv::attend_causal_dense(const float* q, int64_t n, float* out, floa
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   auto one_group = [&](int64_t g) {
     const Head& h = *heads_[static_cast<size_t>(g)];
-    std::vector<float> qg(static_cast<size_t>(rows * d)), og(static_cast<size_t>(rows * d)), lg(static_cast<size_t>(rows));
-    std::vector<int64_t> pos(static_cast<size_t>(rows));
-    for (int64_t i = 0; i < n; ++i)
-      for (int j = 0; j < gs; ++j) {
-        const int64_t r = i * gs + j;
-        std::copy_n(q + (i * hq + g * gs + j) * d, d, qg.data() + r * d);
-        pos[static_cast<size_t>(r)] = size_ - n + i;
-      }
+    impl::GroupRows gr;
+    impl::gather_group_rows(q, n, hq, static_cast<int>(g), gs, d, size_ - n, gr);
     std::vector<KvRun> runs;
     if (h.index) h.index->host_runs(runs);
     steady_runs(h, runs);
-    init_states(og.data(), lg.data(), rows, d);
-    attend_exact(qg.data(), rows, d, scale, pos.data(), runs, og.data(), lg.data());
-    for (int64_t i = 0; i < n; ++i)
-      for (int j = 0; j < gs; ++j) {
-        const int64_t r = i * gs + j;
-        std::copy_n(og.data() + r * d, d, out + (i * hq + g * gs + j) * d);
-        if (lse != nullptr) lse[i * hq + g * gs + j] = lg[static_cast<size_t>(r)];
-      }
+    attend_exact(gr.q.data(), rows, d, scale, gr.pos.data(), runs, gr.o.data(), gr.lse.data());
+    impl::scatter_group_rows(gr, n, hq, static_cast<int>(g), gs, d, out, lse);
   };
   // Few rows per group (decode-like): groups in parallel; many rows: one group at a time, each on BLAS.
   if (rows < 16) {
