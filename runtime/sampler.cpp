@@ -30,12 +30,17 @@ double Sampler::next_uniform() { return static_cast<double>(rng_() >> 11) * 0x1.
 
 int32_t Sampler::sample(std::span<const float> logits) {
   if (params_.greedy()) return argmax(logits);
+  return sample_token(logits, params_, next_uniform());
+}
+
+int32_t sample_token(std::span<const float> logits, const SamplingParams& params, double u) {
+  if (params.greedy()) return argmax(logits);
   RETRO_CHECK(!logits.empty(), "sampling from empty logits");
   const size_t vocab = logits.size();
-  order_.resize(vocab);
-  std::iota(order_.begin(), order_.end(), 0);
   for (size_t i = 0; i < vocab; ++i)
     RETRO_CHECK_KIND(!std::isnan(logits[i]), ErrorKind::kInternal, "logit {} is NaN", i);
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
 
   // Candidates sorted by logit (descending, lowest id first on ties), cut to top-k.
   size_t n = vocab;
@@ -43,42 +48,43 @@ int32_t Sampler::sample(std::span<const float> logits) {
     float la = logits[static_cast<size_t>(a)], lb = logits[static_cast<size_t>(b)];
     return la > lb || (la == lb && a < b);
   };
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < vocab) {
-    n = static_cast<size_t>(params_.top_k);
-    std::partial_sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(n), order_.end(), by_logit);
+  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab) {
+    n = static_cast<size_t>(params.top_k);
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(), by_logit);
   } else {
-    std::sort(order_.begin(), order_.end(), by_logit);
+    std::sort(order.begin(), order.end(), by_logit);
   }
 
   // Softmax of logit / T over the candidates, in double so tiny tails keep their order.
-  const double inv_t = 1.0 / params_.temperature;
-  const double top = logits[static_cast<size_t>(order_[0])];
-  probs_.resize(n);
+  const double inv_t = 1.0 / params.temperature;
+  const double top = logits[static_cast<size_t>(order[0])];
+  std::vector<double> probs(n);
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    probs_[i] = std::exp((logits[static_cast<size_t>(order_[i])] - top) * inv_t);
-    sum += probs_[i];
+    probs[i] = std::exp((logits[static_cast<size_t>(order[i])] - top) * inv_t);
+    sum += probs[i];
   }
-  // Nucleus: the shortest prefix whose mass reaches top_p (at least one token).
-  if (params_.top_p < 1.0f) {
+  // Nucleus: the shortest prefix whose mass reaches top_p of the candidates' mass.
+  if (params.top_p < 1.0f) {
+    const double target = static_cast<double>(params.top_p) * sum;
     double cumulative = 0.0;
     size_t keep = n;
     for (size_t i = 0; i < n; ++i) {
-      cumulative += probs_[i] / sum;
-      if (cumulative >= params_.top_p) {
+      cumulative += probs[i];
+      if (cumulative >= target) {
         keep = i + 1;
         break;
       }
     }
     n = keep;
-    sum = std::accumulate(probs_.begin(), probs_.begin() + static_cast<std::ptrdiff_t>(n), 0.0);
+    sum = std::accumulate(probs.begin(), probs.begin() + static_cast<std::ptrdiff_t>(n), 0.0);
   }
-  double u = next_uniform() * sum;
+  double rest = u * sum;
   for (size_t i = 0; i < n; ++i) {
-    u -= probs_[i];
-    if (u < 0.0) return order_[i];
+    rest -= probs[i];
+    if (rest < 0.0) return order[i];
   }
-  return order_[n - 1];  // u landed on the rounding edge
+  return order[n - 1];  // u landed on the rounding edge
 }
 
 }  // namespace retro::runtime

@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/sampling.h"
 #endif
 
 namespace retro::runtime {
@@ -185,6 +186,76 @@ TEST_F(CudaOps, ArgmaxMatchesTheCpuTwinIncludingTies) {
   for (int64_t r = 0; r < rows; ++r)
     EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * vocab, size_t(vocab)))) << "row " << r;
   EXPECT_EQ(got[2], 77);
+}
+
+// Every row gets its own temperature, top-k, top-p and uniform; the GPU must pick the token the CPU
+// twin picks for the same uniform. Logits are quantised so that ties (equal logits, broken by id)
+// sit on the top-k, top-p and draw boundaries. A mismatch is tolerated only when the CPU twin itself
+// picks the GPU's token for a uniform within 1e-9 (summation order of the masses).
+TEST_F(CudaOps, SamplingMatchesTheCpuTwinRowByRow) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  for (int64_t vocab : {int64_t{7}, int64_t{1000}, int64_t{128256}}) {
+    const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.7f};
+    const int32_t ks[] = {0, 1, 2, 5, 50, int32_t(vocab), int32_t(vocab) + 3};
+    const float ps[] = {1.0f, 0.95f, 0.5f, 0.01f};
+    std::vector<float> temperature, top_p;
+    std::vector<int32_t> top_k;
+    std::vector<double> uniform;
+    for (float t : temps)
+      for (int32_t k : ks)
+        for (float p : ps) {
+          temperature.push_back(t);
+          top_k.push_back(k);
+          top_p.push_back(p);
+          uniform.push_back(uniform.size() % 7 == 0 ? 0.0 : uniform.size() % 7 == 1 ? 0.9999999 : unit(rng_));
+        }
+    const int64_t rows = int64_t(temperature.size());
+    std::normal_distribution<float> d(0.0f, 2.5f);
+    std::vector<float> logits(size_t(rows * vocab));
+    for (auto& v : logits) v = std::round(d(rng_) * 4.0f) / 4.0f;  // many equal logits
+    for (int64_t r = 0; r < rows; r += 3) logits[size_t(r * vocab + (r % vocab))] = -INFINITY;
+    auto* dout = poisoned<int32_t>(size_t(rows));
+    cuda::SamplingRows params{upload(temperature), upload(top_k), upload(top_p), upload(uniform)};
+    ASSERT_CUDA(cuda::sample_rows(upload(logits), rows, vocab, params, dout, nullptr));
+    std::vector<int32_t> got(size_t(rows), -2);
+    ASSERT_CUDA(cudaMemcpy(got.data(), dout, size_t(rows) * 4, cudaMemcpyDeviceToHost));
+    int exact = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
+      SamplingParams sp;
+      sp.temperature = temperature[size_t(r)];
+      sp.top_k = top_k[size_t(r)];
+      sp.top_p = top_p[size_t(r)];
+      const double u = uniform[size_t(r)];
+      const int32_t want = sample_token(row, sp, u);
+      if (got[size_t(r)] == want) {
+        ++exact;
+        continue;
+      }
+      const bool edge = sample_token(row, sp, std::max(0.0, u - 1e-9)) == got[size_t(r)] ||
+                        sample_token(row, sp, std::min(0.9999999999, u + 1e-9)) == got[size_t(r)];
+      EXPECT_TRUE(edge) << "vocab " << vocab << " row " << r << " T " << sp.temperature << " k " << sp.top_k << " p "
+                        << sp.top_p << " u " << u << ": gpu " << got[size_t(r)] << ", cpu " << want;
+    }
+    EXPECT_GE(exact, rows - 2) << "vocab " << vocab;
+  }
+}
+
+TEST_F(CudaOps, SamplingFlagsARowWithANan) {
+  const int64_t vocab = 300;
+  std::vector<float> logits(2 * vocab, 1.0f);
+  logits[vocab + 17] = NAN;
+  std::vector<float> temperature{1.0f, 1.0f}, top_p{1.0f, 1.0f};
+  std::vector<int32_t> top_k{0, 0};
+  std::vector<double> uniform{0.5, 0.5};
+  auto* dout = poisoned<int32_t>(2);
+  cuda::SamplingRows params{upload(temperature), upload(top_k), upload(top_p), upload(uniform)};
+  ASSERT_CUDA(cuda::sample_rows(upload(logits), 2, vocab, params, dout, nullptr));
+  std::vector<int32_t> got(2, -2);
+  ASSERT_CUDA(cudaMemcpy(got.data(), dout, 8, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(got[0], 150);  // equal logits: u = 0.5 lands on the middle token
+  EXPECT_EQ(got[1], -1);
 }
 
 #else

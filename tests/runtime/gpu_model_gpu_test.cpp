@@ -84,9 +84,10 @@ TEST_F(NeedleModelGpu, GreedyContinuationsMatchTransformers) {
     model_->prefill(ids, logits.data());
     for (size_t i = 0; i < expected.size(); ++i) {
       const int32_t ours = argmax(logits);
-      if (ours != expected[i])
+      if (ours != expected[i]) {
         EXPECT_LT(logits[size_t(ours)] - logits[size_t(expected[i])], kBf16LogitTolerance)
             << entry["name"] << " step " << i;
+      }
       model_->decode(expected[i], logits.data());  // teacher-forced: decode attention from here on
     }
   }
