@@ -1,0 +1,157 @@
+// Pinned page pool and per-layer page tables of the host store.
+
+#include "attention/cuda/host_store.h"
+
+#include <algorithm>
+
+#include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/error.h"
+
+namespace retro::attention::cuda {
+
+void HostStoreParams::validate(size_t page_bytes) const {
+  RETRO_CHECK(page_rows > 0, "host store: page_rows must be positive, got {}", page_rows);
+  RETRO_CHECK(chunk_bytes >= page_bytes, "host store: chunk_bytes {} holds no page of {} bytes", chunk_bytes,
+              page_bytes);
+}
+
+HostPagePool::HostPagePool(size_t page_bytes, size_t chunk_bytes, Allocator& pinned_allocator)
+    : page_bytes_(page_bytes), chunk_bytes_(chunk_bytes), allocator_(&pinned_allocator) {
+  RETRO_CHECK(page_bytes > 0 && chunk_bytes >= page_bytes, "host page pool: page {} bytes, chunk {} bytes",
+              page_bytes, chunk_bytes);
+  RETRO_CHECK(pinned_allocator.kind() == MemoryKind::kPinnedHost,
+              "host page pool needs a pinned-host allocator (kernels read the pages), got {}",
+              pinned_allocator.name());
+}
+
+void* HostPagePool::acquire() {
+  std::lock_guard lock(mutex_);
+  if (free_.empty()) {
+    const size_t pages = chunk_bytes_ / page_bytes_;
+    if (!allocator_->can_allocate(pages * page_bytes_))
+      RETRO_THROW_KIND(ErrorKind::kOutOfMemory,
+                       "host KV store is full: {} pages of {} in use ({} pinned), {} more would pass the "
+                       "pinned-memory capacity of {}",
+                       in_use_, format_bytes(page_bytes_), format_bytes(pinned_bytes_locked()),
+                       format_bytes(pages * page_bytes_), format_bytes(allocator_->capacity()));
+    Buffer chunk = allocator_->allocate(pages * page_bytes_, MemoryPurpose::kKvHost, 4096);
+    char* base = static_cast<char*>(chunk.data());
+    for (size_t i = pages; i-- > 0;) free_.push_back(base + i * page_bytes_);
+    chunks_.push_back(std::move(chunk));
+  }
+  void* page = free_.back();
+  free_.pop_back();
+  ++in_use_;
+  return page;
+}
+
+void HostPagePool::release(void* page) {
+  if (page == nullptr) return;
+  std::lock_guard lock(mutex_);
+  free_.push_back(page);
+  --in_use_;
+}
+
+size_t HostPagePool::pages_in_use() const {
+  std::lock_guard lock(mutex_);
+  return in_use_;
+}
+
+size_t HostPagePool::pinned_bytes_locked() const {
+  size_t total = 0;
+  for (const Buffer& c : chunks_) total += c.size();
+  return total;
+}
+
+size_t HostPagePool::pinned_bytes() const {
+  std::lock_guard lock(mutex_);
+  return pinned_bytes_locked();
+}
+
+HostKvStore::HostKvStore(int num_groups, int head_dim, size_t elem_bytes, int64_t max_rows, HostPagePool& pool,
+                         Allocator& device_allocator)
+    : num_groups_(num_groups), head_dim_(head_dim), elem_bytes_(elem_bytes), pool_(&pool) {
+  RETRO_CHECK(num_groups > 0 && head_dim > 0 && elem_bytes > 0 && max_rows >= 0,
+              "host KV store: {} groups, head_dim {}, {} bytes per element, max_rows {}", num_groups, head_dim,
+              elem_bytes, max_rows);
+  const size_t row_bytes = size_t(head_dim) * elem_bytes;
+  RETRO_CHECK(pool.page_bytes() % row_bytes == 0, "host KV store: pages of {} bytes do not hold whole rows of {}",
+              pool.page_bytes(), row_bytes);
+  page_rows_ = int64_t(pool.page_bytes() / row_bytes);
+  max_pages_ = int(std::max<int64_t>(1, (max_rows + page_rows_ - 1) / page_rows_));
+  const size_t table_bytes = size_t(num_groups) * size_t(max_pages_) * sizeof(void*);
+  k_table_ = device_allocator.allocate(table_bytes, MemoryPurpose::kIndex);
+  v_table_ = device_allocator.allocate(table_bytes, MemoryPurpose::kIndex);
+  RETRO_CUDA_CHECK(cudaMemset(k_table_.data(), 0, table_bytes));
+  RETRO_CUDA_CHECK(cudaMemset(v_table_.data(), 0, table_bytes));
+  k_pages_.resize(size_t(num_groups));
+  v_pages_.resize(size_t(num_groups));
+}
+
+HostKvStore::~HostKvStore() {
+  for (auto* lists : {&k_pages_, &v_pages_})
+    for (auto& pages : *lists)
+      for (void* p : pages) pool_->release(p);
+}
+
+void HostKvStore::reserve(int group, int64_t rows, cudaStream_t stream) {
+  RETRO_CHECK(group >= 0 && group < num_groups_, "host KV store: group {} of {}", group, num_groups_);
+  const int64_t pages = (rows + page_rows_ - 1) / page_rows_;
+  RETRO_CHECK(rows >= 0 && pages <= max_pages_, "host KV store: {} rows for group {} exceed the {} rows it was sized for",
+              rows, group, int64_t(max_pages_) * page_rows_);
+  auto& kp = k_pages_[size_t(group)];
+  auto& vp = v_pages_[size_t(group)];
+  const int64_t have = int64_t(kp.size());
+  if (pages <= have) return;
+  for (int64_t i = have; i < pages; ++i) {
+    kp.push_back(pool_->acquire());
+    vp.push_back(pool_->acquire());
+  }
+  const int64_t first = int64_t(group) * max_pages_ + have;
+  const int n = int(pages - have);
+  RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(k_table_.data()), first, kp.data() + have, n, stream));
+  RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(v_table_.data()), first, vp.data() + have, n, stream));
+}
+
+void HostKvStore::release(int group, cudaStream_t stream) {
+  RETRO_CHECK(group >= 0 && group < num_groups_, "host KV store: group {} of {}", group, num_groups_);
+  auto& kp = k_pages_[size_t(group)];
+  auto& vp = v_pages_[size_t(group)];
+  std::vector<void*> nulls(kp.size(), nullptr);
+  const int64_t first = int64_t(group) * max_pages_;
+  RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(k_table_.data()), first, nulls.data(), int(nulls.size()), stream));
+  RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(v_table_.data()), first, nulls.data(), int(nulls.size()), stream));
+  for (void* p : kp) pool_->release(p);
+  for (void* p : vp) pool_->release(p);
+  kp.clear();
+  vp.clear();
+}
+
+HostStoreView HostKvStore::view() const {
+  HostStoreView v;
+  v.k_pages = static_cast<const void* const*>(k_table_.data());
+  v.v_pages = static_cast<const void* const*>(v_table_.data());
+  v.max_pages = max_pages_;
+  v.page_rows = page_rows_;
+  return v;
+}
+
+int64_t HostKvStore::capacity_rows(int group) const {
+  RETRO_CHECK(group >= 0 && group < num_groups_, "host KV store: group {} of {}", group, num_groups_);
+  return int64_t(k_pages_[size_t(group)].size()) * page_rows_;
+}
+
+void* HostKvStore::row(int group, int64_t r, bool value) const {
+  RETRO_CHECK(r >= 0 && r < capacity_rows(group), "host KV store: row {} of group {} holding {}", r, group,
+              capacity_rows(group));
+  const auto& pages = value ? v_pages_[size_t(group)] : k_pages_[size_t(group)];
+  return static_cast<char*>(pages[size_t(r / page_rows_)]) + size_t(r % page_rows_) * size_t(head_dim_) * elem_bytes_;
+}
+
+size_t HostKvStore::bytes_in_use() const {
+  size_t pages = 0;
+  for (const auto& p : k_pages_) pages += p.size();
+  return 2 * pages * pool_->page_bytes();
+}
+
+}  // namespace retro::attention::cuda
