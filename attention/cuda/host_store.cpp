@@ -70,7 +70,7 @@ size_t HostPagePool::pinned_bytes() const {
 
 HostKvStore::HostKvStore(int num_groups, int head_dim, size_t elem_bytes, int64_t max_rows, HostPagePool& pool,
                          Allocator& device_allocator)
-    : num_groups_(num_groups), head_dim_(head_dim), elem_bytes_(elem_bytes), pool_(&pool) {
+    : num_groups_(num_groups), head_dim_(head_dim), elem_bytes_(elem_bytes), max_rows_(max_rows), pool_(&pool) {
   RETRO_CHECK(num_groups > 0 && head_dim > 0 && elem_bytes > 0 && max_rows >= 0,
               "host KV store: {} groups, head_dim {}, {} bytes per element, max_rows {}", num_groups, head_dim,
               elem_bytes, max_rows);
@@ -96,9 +96,9 @@ HostKvStore::~HostKvStore() {
 
 void HostKvStore::reserve(int group, int64_t rows, cudaStream_t stream) {
   RETRO_CHECK(group >= 0 && group < num_groups_, "host KV store: group {} of {}", group, num_groups_);
+  RETRO_CHECK(rows >= 0 && rows <= max_rows_, "host KV store: {} rows for group {} exceed the {} rows it was sized for",
+              rows, group, max_rows_);
   const int64_t pages = (rows + page_rows_ - 1) / page_rows_;
-  RETRO_CHECK(rows >= 0 && pages <= max_pages_, "host KV store: {} rows for group {} exceed the {} rows it was sized for",
-              rows, group, int64_t(max_pages_) * page_rows_);
   auto& kp = k_pages_[size_t(group)];
   auto& vp = v_pages_[size_t(group)];
   const int64_t have = int64_t(kp.size());

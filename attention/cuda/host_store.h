@@ -87,6 +87,7 @@ class HostKvStore {
  private:
   int num_groups_, head_dim_;
   size_t elem_bytes_;
+  int64_t max_rows_;
   int64_t page_rows_;
   int max_pages_;
   HostPagePool* pool_;

@@ -93,7 +93,7 @@ TEST_F(HostStoreGpu, PageTablesPointAtTheHostRowsAndGrowOnDemand) {
   EXPECT_EQ(pool.pinned_bytes(), pinned_before);
 
   test_support::expect_error([&] { store.reserve(0, 101, nullptr); }, ErrorKind::kInvalidArgument,
-                             {"101 rows for group 0 exceed the 112 rows"});
+                             {"101 rows for group 0 exceed the 100 rows"});
 }
 
 TEST_F(HostStoreGpu, PinnedCapacityIsAClearError) {

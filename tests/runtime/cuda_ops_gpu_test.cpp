@@ -217,9 +217,13 @@ TEST_F(CudaOps, SamplingMatchesTheCpuTwinRowByRow) {
     for (int64_t r = 0; r < rows; r += 3) logits[size_t(r * vocab + (r % vocab))] = -INFINITY;
     auto* dout = poisoned<int32_t>(size_t(rows));
     cuda::SamplingRows params{upload(temperature), upload(top_k), upload(top_p), upload(uniform)};
-    ASSERT_CUDA(cuda::sample_rows(upload(logits), rows, vocab, params, dout, nullptr));
-    std::vector<int32_t> got(size_t(rows), -2);
+    const float* dlogits = upload(logits);
+    ASSERT_CUDA(cuda::sample_rows(dlogits, rows, vocab, params, dout, nullptr));
+    std::vector<int32_t> got(size_t(rows), -2), again(size_t(rows), -3);
     ASSERT_CUDA(cudaMemcpy(got.data(), dout, size_t(rows) * 4, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cuda::sample_rows(dlogits, rows, vocab, params, dout, nullptr));
+    ASSERT_CUDA(cudaMemcpy(again.data(), dout, size_t(rows) * 4, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(got, again) << "the same inputs gave different tokens";
     int exact = 0;
     for (int64_t r = 0; r < rows; ++r) {
       std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
@@ -236,7 +240,9 @@ TEST_F(CudaOps, SamplingMatchesTheCpuTwinRowByRow) {
       const bool edge = sample_token(row, sp, std::max(0.0, u - 1e-9)) == got[size_t(r)] ||
                         sample_token(row, sp, std::min(0.9999999999, u + 1e-9)) == got[size_t(r)];
       EXPECT_TRUE(edge) << "vocab " << vocab << " row " << r << " T " << sp.temperature << " k " << sp.top_k << " p "
-                        << sp.top_p << " u " << u << ": gpu " << got[size_t(r)] << ", cpu " << want;
+                        << sp.top_p << " u " << u << ": gpu " << got[size_t(r)] << " (logit "
+                        << (got[size_t(r)] >= 0 ? row[size_t(got[size_t(r)])] : NAN) << "), cpu " << want << " (logit "
+                        << row[size_t(want)] << ")";
     }
     EXPECT_GE(exact, rows - 2) << "vocab " << vocab;
   }
