@@ -56,6 +56,14 @@ __device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit, subnormal results flushed to zero (harmless for softmax
+// weights; exp2f would add a range check around the same instruction).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -82,7 +90,9 @@ struct PrefillTile {
   static constexpr int kSmemBytes = kBlockM * kHeadDim * 2 + 4 * kBlockN * kHeadDim * 2;  // Q + 2 x (K, V)
 };
 
-template <int kHeadDim, int kMTiles, int kBlockN>
+// kQInRegs: the warp's Q fragments stay in registers for the whole kernel (fewer shared-memory
+// reads) or are re-read from shared memory every k-step (64 registers fewer at head_dim 128).
+template <int kHeadDim, int kMTiles, int kBlockN, bool kQInRegs>
 __global__ void __launch_bounds__(kPrefillWarps * 32)
     prefill_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
                              const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
@@ -124,7 +134,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   load_tile<kHeadDim, kBlockN>(sv(0), vh, kv_stride_token, 0, n_kv);
   cp_async_commit();
 
-  uint32_t qf[kMTiles][kKSteps][4];
+  uint32_t qf[kQInRegs ? kMTiles : 1][kQInRegs ? kKSteps : 1][4];
   float o[kMTiles][kNTilesO][4];
   float m_run[kMTiles][2], l_run[kMTiles][2];
 #pragma unroll
@@ -147,7 +157,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (tile == 0) {
+    if (kQInRegs && tile == 0) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -164,6 +174,14 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
       for (int j = 0; j < kNTilesS; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t qs[kQInRegs ? 1 : kMTiles][4];
+      if constexpr (!kQInRegs) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          const int r = (warp * kMTiles + mt) * 16 + (lane % 16), c = ks * 2 + lane / 16;
+          ldmatrix_x4(sq + swizzled<kChunks>(r, c), qs[mt][0], qs[mt][1], qs[mt][2], qs[mt][3]);
+        }
+      }
 #pragma unroll
       for (int j = 0; j < kNTilesS; j += 2) {
         const int r = j * 8 + (lane / 16) * 8 + lane % 8, c = ks * 2 + (lane / 8) % 2;
@@ -171,8 +189,9 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
         ldmatrix_x4(sk(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_16816(s[mt][j], qf[mt][ks], b0, b1);
-          mma_16816(s[mt][j + 1], qf[mt][ks], b2, b3);
+          const uint32_t* a = kQInRegs ? qf[kQInRegs ? mt : 0][kQInRegs ? ks : 0] : qs[kQInRegs ? 0 : mt];
+          mma_16816(s[mt][j], a, b0, b1);
+          mma_16816(s[mt][j + 1], a, b2, b3);
         }
       }
     }
@@ -207,7 +226,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
         const float m_new = fmaxf(m_run[mt][r], tile_max[r]);
         const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
-        corr[r] = exp2f(m_run[mt][r] - m_ref);
+        corr[r] = fast_exp2(m_run[mt][r] - m_ref);
         m_run[mt][r] = m_new;
         tile_max[r] = m_ref;
       }
@@ -216,7 +235,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
       for (int j = 0; j < kNTilesS; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float p = exp2f(fmaf(s[mt][j][e], scale_log2, -tile_max[e / 2]));
+          const float p = fast_exp2(fmaf(s[mt][j][e], scale_log2, -tile_max[e / 2]));
           s[mt][j][e] = p;
           row_sum[e / 2] += p;
         }

@@ -36,7 +36,8 @@ cudaError_t assign(const WaveAssignParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t sort_pairs(void* temp, size_t temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
+// temp == null: writes the scratch size CUB needs into temp_bytes (hence the reference).
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
                        const int32_t* values_in, int32_t* values_out, int64_t items, int key_bits,
                        cudaStream_t stream) {
   return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out,
@@ -110,7 +111,8 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
     // Stable: equal keys keep token order, so each cluster's tokens come out ascending. The last
     // pass sorts the tokens straight into the output order.
     int32_t* order = last ? out.order : sorted_tokens;
-    WAVE_BUILD_TRY(sort_pairs(sort_temp, plan.sort_temp_bytes, keys, sorted_keys, tokens, order, items, plan.key_bits,
+    size_t sort_bytes = plan.sort_temp_bytes;
+    WAVE_BUILD_TRY(sort_pairs(sort_temp, sort_bytes, keys, sorted_keys, tokens, order, items, plan.key_bits,
                               stream));
     cluster_begin_kernel<<<groups, kScanThreads, 0, stream>>>(counts, num_clusters, begins,
                                                               last ? out.sizes : nullptr,

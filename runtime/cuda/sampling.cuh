@@ -16,9 +16,10 @@ constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kHistCopies = 8;  // per-warp-group copies of the histogram: fewer atomics on one address
 
-// Unsigned key that orders like the float (NaN excluded).
+// Unsigned key that orders like the float (NaN excluded); -0 and +0 share a key, as they compare
+// equal (the CPU twin orders them by id like any other tie).
 __device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t b = __float_as_uint(x);
+  const uint32_t b = __float_as_uint(x) == 0x80000000u ? 0u : __float_as_uint(x);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 __device__ __forceinline__ float key_value(uint32_t k) {
