@@ -1,0 +1,98 @@
+// Kernel launches of retrieval-zone attention and the zone merge (kernels in wave_retrieve.cuh).
+// Argument checks and planning live in wave_retrieve.cpp: CUDA translation units stay free of fmt.
+
+#include "attention/cuda/wave_retrieve.cuh"
+#include "attention/cuda/wave_retrieve.h"
+
+namespace retro::attention::cuda {
+
+namespace {
+
+constexpr int kLookupThreads = 256;
+
+size_t first_part_smem(int retrieve_capacity) { return size_t(retrieve_capacity + 1) * sizeof(int32_t); }
+
+template <int kHeadDim, int kGroup>
+cudaError_t launch(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, void* workspace, cudaStream_t stream) {
+  const RetrieveWorkspace ws = wave_retrieve_workspace(plan, workspace);
+  const bool cached = p.cache.num_sets > 0;
+  cudaError_t st = cudaSuccess;
+  if (cached && (st = launch_wave_cache_advance(p.cache, stream)) != cudaSuccess) return st;
+  kernels::retrieve_lookup_kernel<kLookupThreads>
+      <<<plan.num_groups, kLookupThreads, 0, stream>>>(p, ws, plan.part_capacity, plan.slot_tokens);
+  if ((st = cudaGetLastError()) != cudaSuccess) return st;
+  if (cached) {
+    kernels::retrieve_admit_kernel<kLookupThreads>
+        <<<plan.num_groups, kLookupThreads, 0, stream>>>(p, ws, plan.part_capacity, plan.slot_tokens);
+    if ((st = cudaGetLastError()) != cudaSuccess) return st;
+  }
+  const float scale_log2 = p.sm_scale * kernels::kLog2e;
+  dim3 grid(plan.num_splits, plan.num_groups);
+  kernels::retrieve_attention_kernel<kHeadDim, kGroup>
+      <<<grid, kRetrieveWarps * 32, first_part_smem(plan.retrieve_capacity), stream>>>(
+          p, ws, plan.part_capacity, plan.slot_tokens, scale_log2);
+  if ((st = cudaGetLastError()) != cudaSuccess) return st;
+  kernels::merge_zones_kernel<kHeadDim>
+      <<<static_cast<unsigned>(int64_t(plan.num_groups) * kGroup), kHeadDim, 0, stream>>>(p, ws, plan.num_splits);
+  return cudaGetLastError();
+}
+
+template <int kHeadDim, int kGroup>
+int ctas_per_sm(int retrieve_capacity) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels::retrieve_attention_kernel<kHeadDim, kGroup>,
+                                                    kRetrieveWarps * 32,
+                                                    first_part_smem(retrieve_capacity)) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return n > 0 ? n : 1;
+}
+
+template <int kHeadDim>
+int ctas_per_sm_for_group(int group, int retrieve_capacity) {
+  switch (group) {
+    case 1: return ctas_per_sm<kHeadDim, 1>(retrieve_capacity);
+    case 2: return ctas_per_sm<kHeadDim, 2>(retrieve_capacity);
+    case 4: return ctas_per_sm<kHeadDim, 4>(retrieve_capacity);
+    case 5: return ctas_per_sm<kHeadDim, 5>(retrieve_capacity);
+    case 6: return ctas_per_sm<kHeadDim, 6>(retrieve_capacity);
+    case 7: return ctas_per_sm<kHeadDim, 7>(retrieve_capacity);
+    case 8: return ctas_per_sm<kHeadDim, 8>(retrieve_capacity);
+    default: return 1;
+  }
+}
+
+template <int kHeadDim>
+cudaError_t dispatch_group(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, void* ws, cudaStream_t s) {
+  switch (plan.group_size) {
+    case 1: return launch<kHeadDim, 1>(p, plan, ws, s);
+    case 2: return launch<kHeadDim, 2>(p, plan, ws, s);
+    case 4: return launch<kHeadDim, 4>(p, plan, ws, s);
+    case 5: return launch<kHeadDim, 5>(p, plan, ws, s);
+    case 6: return launch<kHeadDim, 6>(p, plan, ws, s);
+    case 7: return launch<kHeadDim, 7>(p, plan, ws, s);
+    case 8: return launch<kHeadDim, 8>(p, plan, ws, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+bool wave_retrieve_group_supported(int group_size) {
+  return group_size >= 1 && group_size <= 8 && group_size != 3;
+}
+
+int wave_retrieve_ctas_per_sm(int head_dim, int group_size, int retrieve_capacity) {
+  return head_dim == 128 ? ctas_per_sm_for_group<128>(group_size, retrieve_capacity)
+                         : ctas_per_sm_for_group<64>(group_size, retrieve_capacity);
+}
+
+cudaError_t launch_wave_retrieve(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, void* workspace,
+                                 cudaStream_t stream) {
+  if (plan.head_dim == 128) return dispatch_group<128>(p, plan, workspace, stream);
+  if (plan.head_dim == 64) return dispatch_group<64>(p, plan, workspace, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace retro::attention::cuda
