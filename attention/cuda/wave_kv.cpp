@@ -1,0 +1,332 @@
+// WaveLayerKv: one layer's wave-mode KV for a batch of slots on the GPU (wave_kv.h).
+
+#include "attention/cuda/wave_kv.h"
+
+#include <algorithm>
+
+#include "attention/cuda/wave_kv_ops.h"
+#include "attention/kmeans.h"
+#include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/error.h"
+
+namespace retro::attention::cuda {
+
+namespace {
+
+Buffer alloc(Allocator& a, size_t bytes, MemoryPurpose purpose) { return a.allocate(std::max<size_t>(bytes, 1), purpose); }
+
+template <typename T>
+T* ptr(const Buffer& b) {
+  return static_cast<T*>(b.data());
+}
+
+}  // namespace
+
+WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
+                         HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers)
+    : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
+      num_layers_(num_layers) {
+  params_.validate();
+  RETRO_CHECK(shape.max_batch > 0 && shape.num_q_heads > 0 && shape.num_kv_heads > 0 && shape.max_tokens > 0,
+              "wave KV: max_batch {}, {} q heads, {} kv heads, max_tokens {}", shape.max_batch, shape.num_q_heads,
+              shape.num_kv_heads, shape.max_tokens);
+  RETRO_CHECK(shape.num_q_heads % shape.num_kv_heads == 0, "wave KV: {} q heads do not split over {} kv heads",
+              shape.num_q_heads, shape.num_kv_heads);
+  RETRO_CHECK(shape.head_dim == 64 || shape.head_dim == 128, "wave KV: head_dim {} (built for 64 and 128)",
+              shape.head_dim);
+  RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
+  group_size_ = shape.num_q_heads / shape.num_kv_heads;
+  const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
+  steady_capacity_ = int64_t(params_.sink_tokens) + params_.window_tokens + params_.update_segment_tokens;
+  // Every prefill segment adds at most one cluster over tokens / tokens_per_cluster, and every update
+  // segment exactly update_clusters().
+  const int64_t min_segment = std::min<int64_t>(params_.segment_tokens, params_.update_segment_tokens);
+  cluster_capacity_ = shape.max_tokens / params_.tokens_per_cluster + shape.max_tokens / min_segment + 2;
+  slots_.resize(size_t(shape.max_batch));
+
+  store_ = std::make_unique<HostKvStore>(groups, d, 2, shape.max_tokens, pool, device_allocator);
+  const size_t steady_bytes = size_t(shape.max_batch) * steady_capacity_ * hk * d * 2;
+  k_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
+  v_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
+  steady_len_ = alloc(device_allocator, size_t(shape.max_batch) * 4, MemoryPurpose::kIndex);
+  const size_t entries = size_t(groups) * cluster_capacity_;
+  centroids_ = alloc(device_allocator, entries * d * 2, MemoryPurpose::kIndex);
+  value_sums_ = alloc(device_allocator, entries * d * 4, MemoryPurpose::kIndex);
+  sizes_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
+  begins_ = alloc(device_allocator, entries * 8, MemoryPurpose::kIndex);
+  num_clusters_ = alloc(device_allocator, size_t(groups) * 4, MemoryPurpose::kIndex);
+  uids_ = alloc(device_allocator, size_t(groups) * 8, MemoryPurpose::kIndex);
+  RETRO_CUDA_CHECK(cudaMemset(steady_len_.data(), 0, steady_len_.size()));
+  RETRO_CUDA_CHECK(cudaMemset(num_clusters_.data(), 0, num_clusters_.size()));
+  RETRO_CUDA_CHECK(cudaMemset(sizes_.data(), 0, sizes_.size()));
+
+  // Plans for every batch size, workspaces for the largest of them: attend() never allocates.
+  WaveSelectBudgets budgets{params_.retrieval_budget, params_.estimation_budget, params_.min_retrieve_clusters};
+  size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;
+  for (int b = 1; b <= shape.max_batch; ++b) {
+    select_plans_.push_back(std::make_unique<WaveSelectPlan>(
+        plan_wave_select(WaveSelectShape{b * hk, group_size_, d}, budgets, cluster_capacity_)));
+    const WaveSelectPlan& sp = *select_plans_.back();
+    retrieve_plans_.push_back(std::make_unique<WaveRetrievePlan>(
+        plan_wave_retrieve(b * hk, group_size_, d, sp.retrieve_capacity, buffer_.slot_tokens)));
+    steady_plans_.push_back(std::make_unique<DecodeAttentionPlan>(
+        plan_decode_attention(b, shape.num_q_heads, hk, d, steady_capacity_)));
+    select_ws = std::max(select_ws, sp.workspace_bytes);
+    retrieve_ws = std::max(retrieve_ws, retrieve_plans_.back()->workspace_bytes);
+    steady_ws = std::max(steady_ws, steady_plans_.back()->workspace_bytes);
+  }
+  select_ws_ = alloc(device_allocator, select_ws, MemoryPurpose::kWorkspace);
+  retrieve_ws_ = alloc(device_allocator, retrieve_ws, MemoryPurpose::kWorkspace);
+  steady_ws_ = alloc(device_allocator, steady_ws, MemoryPurpose::kWorkspace);
+  const int retrieve_capacity = select_plans_.back()->retrieve_capacity;
+  retrieve_ids_ = alloc(device_allocator, size_t(groups) * retrieve_capacity * 4, MemoryPurpose::kActivations);
+  retrieve_count_ = alloc(device_allocator, size_t(groups) * 4, MemoryPurpose::kActivations);
+  estimate_o_ = alloc(device_allocator, size_t(groups) * group_size_ * d * 4, MemoryPurpose::kActivations);
+  estimate_lse_ = alloc(device_allocator, size_t(groups) * group_size_ * 4, MemoryPurpose::kActivations);
+  stats_ = alloc(device_allocator, size_t(groups) * kWaveSelectStatCount * 8, MemoryPurpose::kActivations);
+  steady_o_ = alloc(device_allocator, size_t(shape.max_batch) * shape.num_q_heads * d * 2, MemoryPurpose::kActivations);
+  steady_lse_ = alloc(device_allocator, size_t(shape.max_batch) * shape.num_q_heads * 4, MemoryPurpose::kActivations);
+}
+
+WaveLayerKv::~WaveLayerKv() = default;
+
+void WaveLayerKv::set_slot_counts(int slot, cudaStream_t stream) {
+  const Slot& s = slots_[size_t(slot)];
+  const int hk = shape_.num_kv_heads;
+  RETRO_CUDA_CHECK(fill_i32(ptr<int32_t>(steady_len_) + slot, 1, int32_t(s.steady), stream));
+  RETRO_CUDA_CHECK(fill_i32(ptr<int32_t>(num_clusters_) + int64_t(slot) * hk, hk, int32_t(s.clusters), stream));
+}
+
+void WaveLayerKv::add_segment(int slot, const void* k, const void* v, int64_t n, int64_t stride_token,
+                              cudaStream_t stream) {
+  Slot& s = slots_[size_t(slot)];
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
+  WaveBuildShape bs{hk, n, d, params_.tokens_per_cluster, params_.segment_tokens, params_.kmeans_iterations};
+  const WaveBuildPlan plan = plan_wave_build(bs);
+  RETRO_CHECK_KIND(s.clusters + plan.num_clusters <= cluster_capacity_, ErrorKind::kOutOfMemory,
+                   "wave KV: slot {} needs {} clusters per head, past the {} its index was sized for", slot,
+                   s.clusters + plan.num_clusters, cluster_capacity_);
+  if (build_ws_.size() < plan.workspace_bytes) {
+    build_ws_.reset();
+    build_ws_ = alloc(*device_, plan.workspace_bytes, MemoryPurpose::kWorkspace);
+  }
+  if (build_order_.size() < size_t(hk) * n * 4) {
+    build_order_.reset();
+    build_order_ = alloc(*device_, size_t(hk) * n * 4, MemoryPurpose::kWorkspace);
+  }
+  if (build_mean_.size() < size_t(hk) * d * 4) build_mean_ = alloc(*device_, size_t(hk) * d * 4, MemoryPurpose::kWorkspace);
+
+  const size_t first = size_t(slot) * hk * cluster_capacity_ + size_t(s.clusters);
+  WaveBuildInputs in{k, v, d, stride_token};
+  WaveBuildOutputs out;
+  out.centroids = static_cast<char*>(centroids_.data()) + first * d * 2;
+  out.value_sums = ptr<float>(value_sums_) + first * d;
+  out.sizes = ptr<int32_t>(sizes_) + first;
+  out.cluster_begin = ptr<int64_t>(begins_) + first;
+  out.order = ptr<int32_t>(build_order_);
+  out.mean_key = ptr<float>(build_mean_);
+  out.cluster_capacity = cluster_capacity_;
+  run_wave_build(in, out, plan, build_ws_.data(), stream);
+  RETRO_CUDA_CHECK(offset_cluster_begins(out.cluster_begin, hk, cluster_capacity_, plan.num_clusters, s.clustered, stream));
+  for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + n, stream);
+  RETRO_CUDA_CHECK(store_clustered_rows(k, v, d, stride_token, out.order, hk, n, d, store_->view(), slot * hk,
+                                        s.clustered, stream));
+  s.clustered += n;
+  s.clusters += plan.num_clusters;
+}
+
+void WaveLayerKv::build(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream) {
+  RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
+  Slot& s = slots_[size_t(slot)];
+  RETRO_CHECK(s.clustered == 0 && s.steady == 0, "wave KV: slot {} already holds {} tokens (release it first)", slot,
+              s.clustered + s.steady);
+  RETRO_CHECK(n >= 0 && n <= shape_.max_tokens, "wave KV: a prompt of {} tokens in a slot of {}", n, shape_.max_tokens);
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
+  const int64_t row = int64_t(hk) * d;  // elements of one token's K (all heads) in the steady zone
+  ++s.sequence;
+  const int64_t uid0 = ((s.sequence * shape_.max_batch + slot) * num_layers_ + layer_) * int64_t(hk);
+  RETRO_CHECK(uid0 + hk <= kWaveCacheMaxUid, "wave KV: cache uids exhausted after {} sequences in slot {}", s.sequence,
+              slot);
+  RETRO_CUDA_CHECK(iota_i64(ptr<int64_t>(uids_) + int64_t(slot) * hk, hk, uid0, stream));
+
+  const int64_t sink = params_.sink_tokens, window = params_.window_tokens;
+  const int64_t clustered = n - sink - window;
+  char* ks = static_cast<char*>(k_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
+  char* vs = static_cast<char*>(v_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
+  auto copy_rows = [&](char* dst, const void* src, int64_t first, int64_t count) {
+    if (count <= 0) return;
+    RETRO_CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(row) * 2, static_cast<const char*>(src) + first * stride_token * 2,
+                                       size_t(stride_token) * 2, size_t(row) * 2, size_t(count),
+                                       cudaMemcpyDeviceToDevice, stream));
+  };
+  if (clustered < params_.tokens_per_cluster) {
+    // Too short to cluster: the whole prompt is the steady zone (it must fit there).
+    RETRO_CHECK(n <= steady_capacity_, "wave KV: internal: a {}-token prompt left unclustered", n);
+    copy_rows(ks, k, 0, n);
+    copy_rows(vs, v, 0, n);
+    s.steady = n;
+  } else {
+    copy_rows(ks, k, 0, sink);
+    copy_rows(vs, v, 0, sink);
+    copy_rows(ks + sink * row * 2, k, n - window, window);
+    copy_rows(vs + sink * row * 2, v, n - window, window);
+    s.steady = sink + window;
+    add_segment(slot, static_cast<const char*>(k) + sink * stride_token * 2,
+                static_cast<const char*>(v) + sink * stride_token * 2, clustered, stride_token, stream);
+  }
+  set_slot_counts(slot, stream);
+}
+
+bool WaveLayerKv::growth_due(int slot) const {
+  RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
+  return slots_[size_t(slot)].steady >= steady_capacity_;
+}
+
+void WaveLayerKv::grow(int slot, cudaStream_t stream) {
+  RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
+              slots_[size_t(slot)].steady, steady_capacity_);
+  Slot& s = slots_[size_t(slot)];
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
+  const int64_t row = int64_t(hk) * d;
+  const int64_t sink = params_.sink_tokens, window = params_.window_tokens, update = params_.update_segment_tokens;
+  char* ks = static_cast<char*>(k_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
+  char* vs = static_cast<char*>(v_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
+  // The oldest `update` recent tokens become one index segment, then the window moves down.
+  add_segment(slot, ks + sink * row * 2, vs + sink * row * 2, update, row, stream);
+  const int64_t keep = s.steady - sink - update;
+  RETRO_CHECK(keep >= 0 && keep <= update, "wave KV: internal: {} rows left after an update segment", keep);
+  if (keep > 0) {
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(ks + sink * row * 2, ks + (sink + update) * row * 2, size_t(keep) * row * 2,
+                                     cudaMemcpyDeviceToDevice, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(vs + sink * row * 2, vs + (sink + update) * row * 2, size_t(keep) * row * 2,
+                                     cudaMemcpyDeviceToDevice, stream));
+  }
+  s.steady = sink + keep;
+  (void)window;
+  set_slot_counts(slot, stream);
+}
+
+void WaveLayerKv::append(const void* k_new, const void* v_new, int batch, cudaStream_t stream) {
+  RETRO_CHECK(batch > 0 && batch <= shape_.max_batch, "wave KV: batch {} of {} slots", batch, shape_.max_batch);
+  for (int b = 0; b < batch; ++b) {
+    const Slot& s = slots_[size_t(b)];
+    RETRO_CHECK(!growth_due(b), "wave KV: slot {} needs grow() before its next token", b);
+    RETRO_CHECK_KIND(s.clustered + s.steady < shape_.max_tokens, ErrorKind::kOutOfMemory,
+                     "wave KV: slot {} is full ({} tokens)", b, shape_.max_tokens);
+  }
+  const int64_t row = int64_t(shape_.num_kv_heads) * shape_.head_dim;
+  RETRO_CUDA_CHECK(steady_append(k_new, v_new, k_steady_.data(), v_steady_.data(), ptr<int32_t>(steady_len_), batch,
+                                 row, steady_capacity_ * row, stream));
+  for (int b = 0; b < batch; ++b) ++slots_[size_t(b)].steady;
+}
+
+void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float sm_scale, const WaveCacheView& cache,
+                         cudaStream_t stream) {
+  RETRO_CHECK(batch > 0 && batch <= shape_.max_batch, "wave KV: batch {} of {} slots", batch, shape_.max_batch);
+  const int hk = shape_.num_kv_heads, hq = shape_.num_q_heads, d = shape_.head_dim;
+  const int64_t row = int64_t(hk) * d;
+
+  DecodeAttentionParams dp;
+  dp.q = q;
+  dp.q_stride_batch = int64_t(hq) * d;
+  dp.k = k_steady_.data();
+  dp.v = v_steady_.data();
+  dp.kv_stride_batch = steady_capacity_ * row;
+  dp.kv_stride_head = d;
+  dp.kv_stride_token = row;
+  dp.seq_lens = ptr<int32_t>(steady_len_);
+  dp.out = steady_o_.data();
+  dp.lse = ptr<float>(steady_lse_);
+  dp.batch = batch;
+  dp.num_q_heads = hq;
+  dp.num_kv_heads = hk;
+  dp.head_dim = d;
+  dp.sm_scale = sm_scale;
+  run_decode_attention(dp, *steady_plans_[size_t(batch - 1)], steady_ws_.data(), stream);
+
+  WaveIndexView index;
+  index.num_groups = batch * hk;
+  index.group_size = group_size_;
+  index.head_dim = d;
+  index.cluster_capacity = cluster_capacity_;
+  index.num_clusters = ptr<int32_t>(num_clusters_);
+  index.centroids = centroids_.data();
+  index.value_sums = ptr<float>(value_sums_);
+  index.sizes = ptr<int32_t>(sizes_);
+  index.cluster_begin = ptr<int64_t>(begins_);
+
+  const WaveSelectPlan& sp = *select_plans_[size_t(batch - 1)];
+  WaveSelection sel;
+  sel.retrieve_capacity = sp.retrieve_capacity;
+  sel.retrieve_ids = ptr<int32_t>(retrieve_ids_);
+  sel.retrieve_count = ptr<int32_t>(retrieve_count_);
+  sel.estimate_o = ptr<float>(estimate_o_);
+  sel.estimate_lse = ptr<float>(estimate_lse_);
+  WaveSelectParams sparams;
+  sparams.q = q;
+  sparams.index = index;
+  sparams.sm_scale = sm_scale;
+  sparams.out = sel;
+  sparams.stats = ptr<int64_t>(stats_);
+  run_wave_select(sparams, sp, select_ws_.data(), stream);
+
+  WaveRetrieveParams rp;
+  rp.index = index;
+  rp.store = store_->view();
+  rp.selection = sel;
+  rp.cache = cache;
+  rp.group_uids = ptr<int64_t>(uids_);
+  rp.q = q;
+  rp.steady_o = steady_o_.data();
+  rp.steady_lse = ptr<float>(steady_lse_);
+  rp.out = out;
+  rp.lse = lse;
+  rp.sm_scale = sm_scale;
+  run_wave_retrieve(rp, *retrieve_plans_[size_t(batch - 1)], retrieve_ws_.data(), stream);
+}
+
+void WaveLayerKv::release(int slot, cudaStream_t stream) {
+  RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
+  RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int h = 0; h < shape_.num_kv_heads; ++h) store_->release(slot * shape_.num_kv_heads + h, stream);
+  Slot& s = slots_[size_t(slot)];
+  s.clustered = s.clusters = s.steady = 0;
+  set_slot_counts(slot, stream);
+}
+
+int64_t WaveLayerKv::length(int slot) const { return clustered_tokens(slot) + steady_tokens(slot); }
+int64_t WaveLayerKv::clustered_tokens(int slot) const { return slots_.at(size_t(slot)).clustered; }
+int64_t WaveLayerKv::num_clusters(int slot) const { return slots_.at(size_t(slot)).clusters; }
+int64_t WaveLayerKv::steady_tokens(int slot) const { return slots_.at(size_t(slot)).steady; }
+
+WaveKvStats WaveLayerKv::stats(int batch, cudaStream_t stream) const {
+  const int groups = batch * shape_.num_kv_heads;
+  std::vector<int64_t> h(size_t(groups) * kWaveSelectStatCount);
+  RETRO_CUDA_CHECK(cudaMemcpyAsync(h.data(), stats_.data(), h.size() * 8, cudaMemcpyDeviceToHost, stream));
+  RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  WaveKvStats s;
+  s.groups = groups;
+  for (int g = 0; g < groups; ++g) {
+    const int64_t* r = h.data() + size_t(g) * kWaveSelectStatCount;
+    s.clusters += r[kWaveStatClusters];
+    s.non_empty_clusters += r[kWaveStatNonEmptyClusters];
+    s.retrieved_clusters += r[kWaveStatRetrievedClusters];
+    s.estimated_clusters += r[kWaveStatEstimatedClusters];
+    s.retrieved_tokens += r[kWaveStatRetrievedTokens];
+    s.estimated_tokens += r[kWaveStatEstimatedTokens];
+    s.clustered_tokens += r[kWaveStatClusteredTokens];
+  }
+  return s;
+}
+
+size_t WaveLayerKv::device_bytes() const {
+  size_t total = 0;
+  for (const Buffer* b : {&k_steady_, &v_steady_, &steady_len_, &centroids_, &value_sums_, &sizes_, &begins_,
+                          &num_clusters_, &uids_, &retrieve_ids_, &retrieve_count_, &estimate_o_, &estimate_lse_,
+                          &stats_, &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_, &steady_ws_, &build_ws_,
+                          &build_order_, &build_mean_})
+    total += b->size();
+  return total;
+}
+
+}  // namespace retro::attention::cuda

@@ -1,0 +1,139 @@
+#pragma once
+// WaveLayerKv: the KV of one layer for a batch of sequence slots in wave mode on the GPU — the CUDA
+// counterpart of SequenceKv (kv_store.h) — composing the pieces of attention/cuda:
+//
+//   steady zone   the first sink_tokens and the most recent tokens of each slot, on the GPU
+//                 ([max_batch, steady_capacity, num_kv_heads, head_dim] bf16), attended exactly by
+//                 the dense decode kernel;
+//   wave index    meta index per (slot, KV head) group on the GPU (WaveIndexView), built by
+//                 run_wave_build at prefill and grown by one update segment at a time;
+//   host store    the clustered K/V rows, cluster-contiguous, in pinned host pages (HostKvStore);
+//   decode        steady attention -> cluster selection + estimation (run_wave_select) ->
+//                 retrieval through the GPU cluster cache and merge (run_wave_retrieve).
+//
+// attend() launches only (no host synchronisation, no allocation): a decode step made of append()
+// and attend() can be captured in a CUDA graph. build(), grow() and release() run between steps.
+// The host keeps the counts that decide when an update segment is due, so no step reads them back.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attention/cuda/decode_attention.h"
+#include "attention/cuda/host_store.h"
+#include "attention/cuda/wave_build.h"
+#include "attention/cuda/wave_cache.h"
+#include "attention/cuda/wave_retrieve.h"
+#include "attention/cuda/wave_select.h"
+#include "attention/wave_index.h"
+#include "runtime/core/allocator.h"
+
+namespace retro::attention::cuda {
+
+struct WaveKvShape {
+  int max_batch = 0;     // sequence slots
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;      // 64 or 128
+  int64_t max_tokens = 0;  // tokens one slot may hold (prompt + generated)
+};
+
+// Per-step counts of one attend(), read back on request (stats()).
+struct WaveKvStats {
+  int64_t groups = 0;
+  int64_t clusters = 0;
+  int64_t non_empty_clusters = 0;
+  int64_t retrieved_clusters = 0;
+  int64_t estimated_clusters = 0;
+  int64_t retrieved_tokens = 0;
+  int64_t estimated_tokens = 0;
+  int64_t clustered_tokens = 0;
+};
+
+class WaveLayerKv {
+ public:
+  // layer of num_layers sharing one cluster cache: the cache uid of a group is
+  // ((sequence * max_batch + slot) * num_layers + layer) * num_kv_heads + kv_head, where sequence
+  // counts the prompts the slot has held, so no uid is ever reused (wave_cache.h).
+  WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
+              HostPagePool& pool, Allocator& device_allocator, int layer = 0, int num_layers = 1);
+  ~WaveLayerKv();
+  WaveLayerKv(const WaveLayerKv&) = delete;
+  WaveLayerKv& operator=(const WaveLayerKv&) = delete;
+
+  const WaveKvShape& shape() const { return shape_; }
+  const WaveIndexParams& params() const { return params_; }
+  int64_t steady_capacity() const { return steady_capacity_; }
+  int64_t cluster_capacity() const { return cluster_capacity_; }
+
+  // Prefill of `slot` with the n prompt tokens' K and V (token t, KV head h at k + t * stride_token +
+  // h * head_dim, bf16, device): the first sink_tokens and the last window_tokens go to the steady
+  // zone, every token between them is clustered into the index and written to the host store. The
+  // slot must be empty (release() first). Short prompts stay whole in the steady zone.
+  void build(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream);
+
+  // Appends one decode token per slot [0, batch): k_new, v_new [batch, num_kv_heads, head_dim] bf16.
+  // Throws (before launching anything) when an update segment is due in a slot: call grow() first.
+  void append(const void* k_new, const void* v_new, int batch, cudaStream_t stream);
+  // True when the slot's next append needs grow() first (its steady zone is full).
+  bool growth_due(int slot) const;
+  // Clusters the oldest update_segment_tokens of the slot's recent tokens as one new index segment
+  // and moves them to the host store, keeping the last window_tokens in the steady zone.
+  void grow(int slot, cudaStream_t stream);
+
+  // Wave attention of one decode query per slot [0, batch) (after append): q [batch, num_q_heads,
+  // head_dim] bf16 -> out (same shape) bf16; lse [batch, num_q_heads] fp32 natural log, may be null.
+  // The cache is shared by every layer (wave_cache.h); num_sets == 0 reads every part from the host.
+  void attend(const void* q, void* out, float* lse, int batch, float sm_scale, const WaveCacheView& cache,
+              cudaStream_t stream);
+
+  // Empties the slot (synchronises the stream: its host pages may be read by queued kernels).
+  void release(int slot, cudaStream_t stream);
+
+  int64_t length(int slot) const;          // tokens of the slot: clustered + steady
+  int64_t clustered_tokens(int slot) const;
+  int64_t num_clusters(int slot) const;    // per KV head
+  int64_t steady_tokens(int slot) const;
+  // Counters of the last attend() (synchronises the stream).
+  WaveKvStats stats(int batch, cudaStream_t stream) const;
+  size_t device_bytes() const;
+  size_t host_bytes() const { return store_->bytes_in_use(); }
+
+ private:
+  struct Slot {
+    int64_t clustered = 0;  // rows in the host store (per KV head)
+    int64_t clusters = 0;   // index entries (per KV head)
+    int64_t steady = 0;     // rows in the steady zone
+    int64_t sequence = -1;  // sequences this slot has held, for fresh cache uids
+  };
+  void add_segment(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream);
+  void set_slot_counts(int slot, cudaStream_t stream);
+  const WaveSelectPlan& select_plan(int batch);
+  const WaveRetrievePlan& retrieve_plan(int batch);
+  const DecodeAttentionPlan& steady_plan(int batch);
+
+  WaveKvShape shape_;
+  WaveIndexParams params_;
+  WaveBufferParams buffer_;
+  Allocator* device_;
+  int layer_, num_layers_;
+  int group_size_ = 0;
+  int64_t steady_capacity_ = 0;
+  int64_t cluster_capacity_ = 0;
+  std::vector<Slot> slots_;
+  std::unique_ptr<HostKvStore> store_;
+  // Device state.
+  Buffer k_steady_, v_steady_, steady_len_;
+  Buffer centroids_, value_sums_, sizes_, begins_, num_clusters_, uids_;
+  Buffer retrieve_ids_, retrieve_count_, estimate_o_, estimate_lse_, stats_;
+  Buffer steady_o_, steady_lse_;
+  Buffer select_ws_, retrieve_ws_, steady_ws_, build_ws_, build_order_, build_mean_;
+  // Plans per batch size (index batch - 1), made on first use.
+  std::vector<std::unique_ptr<WaveSelectPlan>> select_plans_;
+  std::vector<std::unique_ptr<WaveRetrievePlan>> retrieve_plans_;
+  std::vector<std::unique_ptr<DecodeAttentionPlan>> steady_plans_;
+};
+
+}  // namespace retro::attention::cuda

@@ -1,0 +1,109 @@
+// Kernels of wave_kv_ops.h.
+
+#include <cuda_bf16.h>
+
+#include "attention/cuda/wave_kv_ops.h"
+
+namespace retro::attention::cuda {
+
+namespace {
+
+__global__ void steady_append_kernel(const uint4* __restrict__ k_new, const uint4* __restrict__ v_new, uint4* k_steady,
+                                     uint4* v_steady, int32_t* steady_len, int64_t row_vecs, int64_t slot_vecs) {
+  const int b = blockIdx.x;
+  const int64_t row = steady_len[b];
+  uint4* kd = k_steady + b * slot_vecs + row * row_vecs;
+  uint4* vd = v_steady + b * slot_vecs + row * row_vecs;
+  for (int64_t i = threadIdx.x; i < row_vecs; i += blockDim.x) {
+    kd[i] = k_new[b * row_vecs + i];
+    vd[i] = v_new[b * row_vecs + i];
+  }
+  __syncthreads();  // every thread has read steady_len[b] before it moves
+  if (threadIdx.x == 0) steady_len[b] = int32_t(row + 1);
+}
+
+// One warp per (group, row); 16 bytes per lane.
+__global__ void store_rows_kernel(const uint4* __restrict__ k_src, const uint4* __restrict__ v_src,
+                                  int64_t src_stride_group, int64_t src_stride_token, const int32_t* __restrict__ order,
+                                  int groups, int64_t n, int vecs, const void* const* __restrict__ k_pages,
+                                  const void* const* __restrict__ v_pages, int max_pages, int64_t page_rows,
+                                  int first_group, int64_t row_base) {
+  const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (item >= int64_t(groups) * n || lane >= vecs) return;
+  const int g = int(item / n);
+  const int64_t r = item % n;
+  const int64_t token = order[item];
+  const int64_t src = (g * src_stride_group + token * src_stride_token) / 8 + lane;  // elements -> uint4
+  const int64_t row = row_base + r;
+  const int64_t page = int64_t(first_group + g) * max_pages + row / page_rows;
+  const int64_t dst = (row % page_rows) * vecs + lane;
+  static_cast<uint4*>(const_cast<void*>(k_pages[page]))[dst] = k_src[src];
+  static_cast<uint4*>(const_cast<void*>(v_pages[page]))[dst] = v_src[src];
+}
+
+__global__ void offset_begins_kernel(int64_t* begins, int64_t capacity, int64_t count, int64_t add) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c < count) begins[blockIdx.y * capacity + c] += add;
+}
+
+__global__ void fill_i32_kernel(int32_t* dst, int64_t count, int32_t value) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) dst[i] = value;
+}
+
+__global__ void iota_i64_kernel(int64_t* dst, int64_t count, int64_t first) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) dst[i] = first + i;
+}
+
+unsigned blocks(int64_t items, int per_block) { return unsigned((items + per_block - 1) / per_block); }
+
+}  // namespace
+
+cudaError_t steady_append(const void* k_new, const void* v_new, void* k_steady, void* v_steady, int32_t* steady_len,
+                          int batch, int64_t row_elems, int64_t slot_stride, cudaStream_t stream) {
+  if (batch < 0 || row_elems % 8 != 0 || slot_stride % 8 != 0) return cudaErrorInvalidValue;
+  if (batch == 0) return cudaSuccess;
+  steady_append_kernel<<<batch, 256, 0, stream>>>(static_cast<const uint4*>(k_new), static_cast<const uint4*>(v_new),
+                                                  static_cast<uint4*>(k_steady), static_cast<uint4*>(v_steady),
+                                                  steady_len, row_elems / 8, slot_stride / 8);
+  return cudaGetLastError();
+}
+
+cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t src_stride_group,
+                                 int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
+                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream) {
+  if (head_dim % 8 != 0 || head_dim / 8 > 32 || src_stride_group % 8 != 0 || src_stride_token % 8 != 0 || n < 0 ||
+      groups < 0)
+    return cudaErrorInvalidValue;
+  const int64_t items = int64_t(groups) * n;
+  if (items == 0) return cudaSuccess;
+  constexpr int kThreads = 256;
+  store_rows_kernel<<<blocks(items * 32, kThreads), kThreads, 0, stream>>>(
+      static_cast<const uint4*>(k_src), static_cast<const uint4*>(v_src), src_stride_group, src_stride_token, order,
+      groups, n, head_dim / 8, store.k_pages, store.v_pages, store.max_pages, store.page_rows, first_group, row_base);
+  return cudaGetLastError();
+}
+
+cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity, int64_t count, int64_t add,
+                                  cudaStream_t stream) {
+  if (groups < 0 || count < 0) return cudaErrorInvalidValue;
+  if (groups == 0 || count == 0 || add == 0) return cudaSuccess;
+  offset_begins_kernel<<<dim3(blocks(count, 256), unsigned(groups)), 256, 0, stream>>>(begins, capacity, count, add);
+  return cudaGetLastError();
+}
+
+cudaError_t fill_i32(int32_t* dst, int64_t count, int32_t value, cudaStream_t stream) {
+  if (count <= 0) return count == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  fill_i32_kernel<<<blocks(count, 256), 256, 0, stream>>>(dst, count, value);
+  return cudaGetLastError();
+}
+
+cudaError_t iota_i64(int64_t* dst, int64_t count, int64_t first, cudaStream_t stream) {
+  if (count <= 0) return count == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  iota_i64_kernel<<<blocks(count, 256), 256, 0, stream>>>(dst, count, first);
+  return cudaGetLastError();
+}
+
+}  // namespace retro::attention::cuda

@@ -1,0 +1,36 @@
+#pragma once
+// Small stream-ordered kernels behind WaveLayerKv (wave_kv.h): appending decode tokens to the
+// steady zone, writing clustered rows into the paged host store, and offsetting the list rows of a
+// new index segment. Launchers return the launch status and never synchronise.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention/cuda/wave_layout.h"
+
+namespace retro::attention::cuda {
+
+// Appends one K and one V row per slot: slot b's rows ([row_elems] bf16 each, at k_new + b *
+// row_elems) go to row steady_len[b] of its steady store (slot_stride elements between slots,
+// row_elems between rows), then steady_len[b] is incremented. Slots [0, batch).
+cudaError_t steady_append(const void* k_new, const void* v_new, void* k_steady, void* v_steady, int32_t* steady_len,
+                          int batch, int64_t row_elems, int64_t slot_stride, cudaStream_t stream);
+
+// Writes the rows of `groups` groups in list order into the host store: row r of group g (g in
+// [0, groups)) is the source token order[g * n + r], read at src + g * src_stride_group + token *
+// src_stride_token, and stored at row row_base + r of store group first_group + g. K and V.
+cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t src_stride_group,
+                                 int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
+                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream);
+
+// begins[g * capacity + c] += add for g in [0, groups), c in [0, count).
+cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity, int64_t count, int64_t add,
+                                  cudaStream_t stream);
+
+// dst[i] = value for i in [0, count).
+cudaError_t fill_i32(int32_t* dst, int64_t count, int32_t value, cudaStream_t stream);
+// dst[i] = first + i for i in [0, count).
+cudaError_t iota_i64(int64_t* dst, int64_t count, int64_t first, cudaStream_t stream);
+
+}  // namespace retro::attention::cuda
