@@ -17,5 +17,7 @@ void register_model_benches(CLI::App& bench);
 void register_gpu_attention_benches(CLI::App& bench);
 // `bench model --backend cuda`: end-to-end GPU prefill and decode of one sequence.
 void register_gpu_model_bench(CLI::App& bench);
+// `bench wave`: one layer of GPU wave attention against dense decode (bench_gpu_wave.cpp).
+void register_gpu_wave_bench(CLI::App& bench);
 
 }  // namespace retro::launcher

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   retro::launcher::register_gpu_attention_benches(*bench);
   retro::launcher::register_model_benches(*bench);
   retro::launcher::register_gpu_model_bench(*bench);
+  retro::launcher::register_gpu_wave_bench(*bench);
   retro::launcher::register_bench_command(app);
   try {
     retro::parallel::init_mpi_world(&argc, &argv);
