@@ -100,7 +100,11 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   prefill(1, 1500);
   EXPECT_EQ(kv.length(0), 3000);
   EXPECT_EQ(kv.steady_tokens(0), params.sink_tokens + params.window_tokens);
-  EXPECT_GT(kv.num_clusters(0), 3000 / 16);
+  // Tokens between the sink and the window are clustered, in segments of segment_tokens.
+  EXPECT_EQ(kv.clustered_tokens(0), 3000 - params.sink_tokens - params.window_tokens);
+  EXPECT_EQ(kv.num_clusters(0), cuda::wave_build_num_clusters(cuda::WaveBuildShape{
+                                    hk, kv.clustered_tokens(0), d, params.tokens_per_cluster, params.segment_tokens,
+                                    params.kmeans_iterations}));
 
   void *dq, *dout, *dk_new, *dv_new;
   float* dlse;
