@@ -14,9 +14,13 @@
 
 #include "attention/cuda/decode_attention.h"
 #include "attention/cuda/prefill_attention.h"
+#include "attention/cuda/wave_build.h"
+#include "attention/cuda/wave_retrieve.h"
+#include "attention/cuda/wave_select.h"
 #include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
+#include "runtime/core/logging.h"
 #include "runtime/cuda/ops.h"
 #include "runtime/model_weights.h"
 #include "runtime/rope.h"
@@ -32,27 +36,140 @@ namespace retro::runtime::cuda {
 
 namespace {
 
+namespace wave = attention::cuda;
+
 struct Layer {
   Buffer input_norm, post_norm, wq, wk, wv, wo, bq, bk, bv, bo, w_gate, w_up, w_down, b_gate, b_up, b_down;
-  Buffer k_cache, v_cache;  // [max_tokens, kv_heads, head_dim] bf16
+  Buffer k_cache, v_cache;  // dense: [max_batch, max_tokens, kv_heads, head_dim] bf16
 };
+
+// Bytes of the host-store pages: page_rows rows of one KV head.
+size_t host_page_bytes(const ModelConfig& c, const GpuModelOptions& o) {
+  return size_t(o.host_store.page_rows) * size_t(c.head_dim) * 2;
+}
+
+// K and V bytes of every layer of every slot at max_tokens: what the host store may hold, and what
+// the cluster cache's kv_fraction is a fraction of.
+size_t offloaded_kv_bytes(const ModelConfig& c, int64_t max_tokens, int max_batch) {
+  return 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
+}
+
+// The cluster cache of the options. Sized by a fraction of the offloaded KV, a short context could
+// give less than one set: it gets one set rather than an error. All sizes zero: no cache.
+wave::WaveCacheLayout plan_cluster_cache(const ModelConfig& c, int64_t max_tokens, const GpuModelOptions& o) {
+  wave::WaveBufferParams p = o.buffer;
+  if (p.num_slots == 0 && p.cache_bytes == 0 && p.kv_fraction <= 0.0) return {};
+  if (p.num_slots == 0) {
+    const size_t slot_bytes = size_t(2) * size_t(std::max(p.slot_tokens, 1)) * size_t(c.head_dim) * 2;
+    const double bytes = p.cache_bytes > 0 ? double(p.cache_bytes)
+                                           : p.kv_fraction * double(offloaded_kv_bytes(c, max_tokens, o.max_batch));
+    p.num_slots = std::max<int64_t>(static_cast<int64_t>(bytes / double(slot_bytes)), p.ways);
+  }
+  return wave::plan_wave_cache(p, c.head_dim);
+}
+
+// Device bytes of one WaveLayerKv: what its constructor allocates (steady zone, meta index with
+// the cluster capacity it derives from max_tokens, decode buffers and the workspaces of its largest
+// batch), the page tables of its host store, and the build workspace its largest segment (a prompt
+// of max_tokens) allocates on first use. Mirrors attention/cuda/wave_kv.cpp.
+size_t wave_layer_device_bytes(const ModelConfig& c, int64_t max_tokens, const GpuModelOptions& o) {
+  const attention::WaveIndexParams& p = o.wave;
+  const int hk = c.num_kv_heads, hq = c.num_heads, d = c.head_dim, batch = o.max_batch, group = hq / hk;
+  const size_t groups = size_t(batch) * size_t(hk);
+  const int64_t steady_capacity = int64_t(p.sink_tokens) + p.window_tokens + p.update_segment_tokens;
+  const int64_t min_segment = std::min<int64_t>(p.segment_tokens, p.update_segment_tokens);
+  const int64_t cluster_capacity = max_tokens / p.tokens_per_cluster + max_tokens / min_segment + 2;
+  size_t total = 0;
+  auto add = [&](size_t bytes) { total += std::max<size_t>(bytes, 1); };
+  add(size_t(batch) * size_t(steady_capacity) * size_t(hk) * size_t(d) * 2);  // K steady
+  add(size_t(batch) * size_t(steady_capacity) * size_t(hk) * size_t(d) * 2);  // V steady
+  add(size_t(batch) * 4);                                                   // steady lengths
+  const size_t entries = groups * size_t(cluster_capacity);
+  add(entries * size_t(d) * 2);  // centroids
+  add(entries * size_t(d) * 4);  // value sums
+  add(entries * 4);              // sizes
+  add(entries * 8);              // list begins
+  add(groups * 4);               // cluster counts
+  add(groups * 8);               // cache uids
+  const wave::WaveSelectBudgets budgets{p.retrieval_budget, p.estimation_budget, p.min_retrieve_clusters};
+  size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;
+  int retrieve_capacity = 0;
+  for (int b = 1; b <= batch; ++b) {
+    const wave::WaveSelectPlan sp =
+        wave::plan_wave_select(wave::WaveSelectShape{b * hk, group, d}, budgets, cluster_capacity);
+    const wave::WaveRetrievePlan rp =
+        wave::plan_wave_retrieve(b * hk, group, d, sp.retrieve_capacity, o.buffer.slot_tokens);
+    const wave::DecodeAttentionPlan dp = wave::plan_decode_attention(b, hq, hk, d, steady_capacity);
+    select_ws = std::max(select_ws, sp.workspace_bytes);
+    retrieve_ws = std::max(retrieve_ws, rp.workspace_bytes);
+    steady_ws = std::max(steady_ws, dp.workspace_bytes);
+    retrieve_capacity = sp.retrieve_capacity;
+  }
+  add(select_ws);
+  add(retrieve_ws);
+  add(steady_ws);
+  add(groups * size_t(retrieve_capacity) * 4);                     // retrieved ids
+  add(groups * 4);                                                 // retrieved counts
+  add(groups * size_t(group) * size_t(d) * 4);                     // estimation outputs
+  add(groups * size_t(group) * 4);                                 // estimation LSEs
+  add(groups * size_t(wave::kWaveSelectStatCount) * 8);            // stats
+  add(size_t(batch) * size_t(hq) * size_t(d) * 2);                 // steady outputs
+  add(size_t(batch) * size_t(hq) * 4);                             // steady LSEs
+  // Host store page tables (K and V), a device pointer per page of every group.
+  const int64_t page_rows = int64_t(host_page_bytes(c, o) / (size_t(d) * 2));
+  const int64_t max_pages = std::max<int64_t>(1, (max_tokens + page_rows - 1) / page_rows);
+  add(groups * size_t(max_pages) * sizeof(void*));
+  add(groups * size_t(max_pages) * sizeof(void*));
+  // Build: the whole clustered part of a max_tokens prompt, or one update segment.
+  const int64_t build_tokens = std::max<int64_t>(max_tokens - p.sink_tokens - p.window_tokens, p.update_segment_tokens);
+  size_t build_ws = 0;
+  for (int64_t n : {build_tokens, int64_t(p.update_segment_tokens)}) {
+    const wave::WaveBuildShape shape{hk, n, d, p.tokens_per_cluster, p.segment_tokens, p.kmeans_iterations};
+    build_ws = std::max(build_ws, wave::plan_wave_build(shape).workspace_bytes);
+  }
+  add(build_ws);
+  add(size_t(hk) * size_t(build_tokens) * 4);  // build order
+  add(size_t(hk) * size_t(d) * 4);             // mean keys
+  return total;
+}
+
+GpuModelOptions dense_options(int64_t max_chunk, bool use_cuda_graph, int max_batch) {
+  GpuModelOptions o;
+  o.max_chunk = max_chunk;
+  o.use_cuda_graph = use_cuda_graph;
+  o.max_batch = max_batch;
+  return o;
+}
 
 }  // namespace
 
 struct GpuModel::Impl {
   ModelConfig config;
+  GpuModelOptions options;
+  GpuModelMemoryPlan plan;
   int device = 0;
   int64_t max_tokens = 0, max_chunk = 0;
   int max_batch = 1;
+  bool wave_mode = false;
   std::vector<int64_t> lengths;  // per slot
-  int64_t slot_elems = 0;        // max_tokens * kv_heads * head_dim: one slot's cache per layer
+  int64_t slot_elems = 0;        // dense: max_tokens * kv_heads * head_dim, one slot's cache per layer
   std::unique_ptr<Allocator> allocator;
+  std::unique_ptr<Allocator> pinned;            // wave: host store pages
+  std::unique_ptr<wave::HostPagePool> pool;     // wave: shared by every layer's host store
   cudaStream_t stream = nullptr;
+  // Wave with graphs: a stream whose captures are thrown away (see advance_wave_counts).
+  cudaStream_t count_stream = nullptr;
   cublasHandle_t cublas = nullptr;
   Buffer embed, final_norm, lm_head;
   std::vector<Layer> layers;
-  // Workspaces for max_chunk tokens.
+  // Workspaces for max_chunk tokens (ids and positions: wave mode, a whole prompt).
   Buffer x, xn, q, attn, gate, up, logits, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
+  // Wave prefill, layer-major.
+  Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
+  Buffer prompt_k, prompt_v;  // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt
+  Buffer cache_memory;        // the cluster cache (wave_cache.h layout)
+  wave::WaveCacheView cache;  // num_sets == 0: no cache
+  std::vector<std::unique_ptr<wave::WaveLayerKv>> wave_kv;  // [num_layers]
   // Pinned host staging of a decode step: read and written by copies inside the captured graph.
   int32_t* h_tokens = nullptr;  // [max_batch]
   int64_t* h_pos = nullptr;     // [max_batch]
@@ -99,55 +216,101 @@ struct GpuModel::Impl {
                   tokens[i], config.vocab_size);
   }
 
+  float sm_scale() const { return 1.0f / std::sqrt(float(config.head_dim)); }
+
+  // RMSNorm -> Q, K, V projections (+ biases) -> RoPE for n tokens. xp [n, hidden] bf16 -> q
+  // [n, q_heads, head_dim]; K/V rows [n, kv_heads, head_dim] bf16 at k_rows, v_rows; pos [n] (device).
+  void attention_inputs(const Layer& L, const void* xp, int64_t n, const int64_t* pos, void* k_rows, void* v_rows) {
+    const ModelConfig& c = config;
+    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
+    const auto* inv = static_cast<const float*>(inv_freq.data());
+    RETRO_CUDA_CHECK(rms_norm(xp, L.input_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
+    gemm(xn.data(), n, h, L.wq.data(), nq * d, q.data(), 0.0f);
+    gemm(xn.data(), n, h, L.wk.data(), nkv * d, k_rows, 0.0f);
+    gemm(xn.data(), n, h, L.wv.data(), nkv * d, v_rows, 0.0f);
+    if (L.bq) {
+      RETRO_CUDA_CHECK(add_bias(q.data(), L.bq.data(), n, nq * d, stream));
+      RETRO_CUDA_CHECK(add_bias(k_rows, L.bk.data(), n, nkv * d, stream));
+      RETRO_CUDA_CHECK(add_bias(v_rows, L.bv.data(), n, nkv * d, stream));
+    }
+    RETRO_CUDA_CHECK(rope(q.data(), pos, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
+    RETRO_CUDA_CHECK(rope(k_rows, pos, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
+  }
+
+  // The rest of a layer after attention wrote attn [n, q_heads, head_dim]: xp [n, hidden] += O
+  // projection, then += MLP(RMSNorm(xp)).
+  void attention_output_and_mlp(const Layer& L, void* xp, int64_t n) {
+    const ModelConfig& c = config;
+    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, f = c.intermediate_size;
+    gemm(attn.data(), n, nq * d, L.wo.data(), h, xp, 1.0f);  // x += o
+    if (L.bo) RETRO_CUDA_CHECK(add_bias(xp, L.bo.data(), n, h, stream));
+    RETRO_CUDA_CHECK(rms_norm(xp, L.post_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
+    gemm(xn.data(), n, h, L.w_gate.data(), f, gate.data(), 0.0f);
+    gemm(xn.data(), n, h, L.w_up.data(), f, up.data(), 0.0f);
+    if (L.b_gate) {
+      RETRO_CUDA_CHECK(add_bias(gate.data(), L.b_gate.data(), n, f, stream));
+      RETRO_CUDA_CHECK(add_bias(up.data(), L.b_up.data(), n, f, stream));
+    }
+    RETRO_CUDA_CHECK(silu_mul(gate.data(), up.data(), gate.data(), n * f, stream));
+    gemm(gate.data(), n, f, L.w_down.data(), h, xp, 1.0f);  // x += mlp
+    if (L.b_down) RETRO_CUDA_CHECK(add_bias(xp, L.b_down.data(), n, h, stream));
+  }
+
+  // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits
+  // [rows, vocab] fp32, copied in stream order.
+  void project_logits(const void* xp, int64_t rows) {
+    const ModelConfig& c = config;
+    RETRO_CUDA_CHECK(rms_norm(xp, final_norm.data(), xn.data(), rows, c.hidden_size, c.rms_norm_eps, stream));
+    const Buffer& head = c.tie_word_embeddings ? embed : lm_head;
+    gemm(xn.data(), rows, c.hidden_size, head.data(), c.vocab_size, logits.data(), 0.0f, CUDA_R_32F);
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, logits.data(), size_t(rows * c.vocab_size) * 4, cudaMemcpyDeviceToHost,
+                                     stream));
+  }
+
   // Every launch of one step over n tokens whose ids, positions and total length are already in
-  // device memory. decode_step (n == 1): K/V go through scratch rows and append_kv, attention is the
-  // split-KV decode kernel, and nothing depends on host values — the step can be captured in a graph.
-  // Prefill: K/V land straight in their cache rows and attention is the tensor-core prefill kernel.
+  // device memory. decode_step (n == 1 per sequence): K/V go through scratch rows, attention is the
+  // split-KV decode kernel over the dense cache (dense) or WaveLayerKv append + attend (wave), and
+  // nothing depends on host values — the step can be captured in a graph. Dense prefill: K/V land
+  // straight in their cache rows and attention is the tensor-core prefill kernel.
   void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr) {
     const ModelConfig& c = config;
-    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, f = c.intermediate_size;
+    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
     RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), x.data(), n, h, c.vocab_size,
                                nullptr, stream));
     const auto* pos = static_cast<const int64_t*>(positions.data());
-    const auto* inv = static_cast<const float*>(inv_freq.data());
-    for (Layer& L : layers) {
-      RETRO_CUDA_CHECK(rms_norm(x.data(), L.input_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
-      const int64_t length = decode_step ? 0 : lengths[size_t(slot)];
-      char* k_slot = bf(L.k_cache) + size_t(slot) * slot_elems * 2;
-      char* v_slot = bf(L.v_cache) + size_t(slot) * slot_elems * 2;
-      void* k_rows = decode_step ? k_new.data() : k_slot + length * nkv * d * 2;
-      void* v_rows = decode_step ? v_new.data() : v_slot + length * nkv * d * 2;
-      gemm(xn.data(), n, h, L.wq.data(), nq * d, q.data(), 0.0f);
-      gemm(xn.data(), n, h, L.wk.data(), nkv * d, k_rows, 0.0f);
-      gemm(xn.data(), n, h, L.wv.data(), nkv * d, v_rows, 0.0f);
-      if (L.bq) {
-        RETRO_CUDA_CHECK(add_bias(q.data(), L.bq.data(), n, nq * d, stream));
-        RETRO_CUDA_CHECK(add_bias(k_rows, L.bk.data(), n, nkv * d, stream));
-        RETRO_CUDA_CHECK(add_bias(v_rows, L.bv.data(), n, nkv * d, stream));
-      }
-      RETRO_CUDA_CHECK(rope(q.data(), pos, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
-      RETRO_CUDA_CHECK(rope(k_rows, pos, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      Layer& L = layers[l];
       if (decode_step) {
-        RETRO_CUDA_CHECK(
-            append_kv(k_rows, v_rows, L.k_cache.data(), L.v_cache.data(), pos, n, nkv * d, slot_elems, stream));
-        attention::cuda::DecodeAttentionParams a;
-        a.q = q.data();
-        a.q_stride_batch = nq * d;
-        a.k = L.k_cache.data();
-        a.v = L.v_cache.data();
-        a.kv_stride_batch = slot_elems;
-        a.kv_stride_head = d;
-        a.kv_stride_token = nkv * d;
-        a.seq_lens = static_cast<const int32_t*>(seq_len.data());
-        a.out = attn.data();
-        a.batch = int(n);
-        a.num_q_heads = int(nq);
-        a.num_kv_heads = int(nkv);
-        a.head_dim = int(d);
-        a.sm_scale = 1.0f / std::sqrt(float(d));
-        attention::cuda::run_decode_attention(a, step->plan, step->workspace.data(), stream);
+        attention_inputs(L, x.data(), n, pos, k_new.data(), v_new.data());
+        if (wave_mode) {
+          wave_kv[l]->append(k_new.data(), v_new.data(), int(n), stream);
+          wave_kv[l]->attend(q.data(), attn.data(), nullptr, int(n), sm_scale(), cache, stream);
+        } else {
+          RETRO_CUDA_CHECK(append_kv(k_new.data(), v_new.data(), L.k_cache.data(), L.v_cache.data(), pos, n, nkv * d,
+                                     slot_elems, stream));
+          attention::cuda::DecodeAttentionParams a;
+          a.q = q.data();
+          a.q_stride_batch = nq * d;
+          a.k = L.k_cache.data();
+          a.v = L.v_cache.data();
+          a.kv_stride_batch = slot_elems;
+          a.kv_stride_head = d;
+          a.kv_stride_token = nkv * d;
+          a.seq_lens = static_cast<const int32_t*>(seq_len.data());
+          a.out = attn.data();
+          a.batch = int(n);
+          a.num_q_heads = int(nq);
+          a.num_kv_heads = int(nkv);
+          a.head_dim = int(d);
+          a.sm_scale = sm_scale();
+          attention::cuda::run_decode_attention(a, step->plan, step->workspace.data(), stream);
+        }
       } else {
+        const int64_t length = lengths[size_t(slot)];
+        char* k_slot = bf(L.k_cache) + size_t(slot) * slot_elems * 2;
+        char* v_slot = bf(L.v_cache) + size_t(slot) * slot_elems * 2;
+        attention_inputs(L, x.data(), n, pos, k_slot + length * nkv * d * 2, v_slot + length * nkv * d * 2);
         attention::cuda::PrefillAttentionParams a;
         a.q = q.data();
         a.q_stride_token = nq * d;
@@ -161,32 +324,13 @@ struct GpuModel::Impl {
         a.num_q_heads = int(nq);
         a.num_kv_heads = int(nkv);
         a.head_dim = int(d);
-        a.sm_scale = 1.0f / std::sqrt(float(d));
+        a.sm_scale = sm_scale();
         attention::cuda::run_prefill_attention(a, stream);
       }
-      gemm(attn.data(), n, nq * d, L.wo.data(), h, x.data(), 1.0f);  // x += o
-      if (L.bo) RETRO_CUDA_CHECK(add_bias(x.data(), L.bo.data(), n, h, stream));
-      RETRO_CUDA_CHECK(rms_norm(x.data(), L.post_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
-      gemm(xn.data(), n, h, L.w_gate.data(), f, gate.data(), 0.0f);
-      gemm(xn.data(), n, h, L.w_up.data(), f, up.data(), 0.0f);
-      if (L.b_gate) {
-        RETRO_CUDA_CHECK(add_bias(gate.data(), L.b_gate.data(), n, f, stream));
-        RETRO_CUDA_CHECK(add_bias(up.data(), L.b_up.data(), n, f, stream));
-      }
-      RETRO_CUDA_CHECK(silu_mul(gate.data(), up.data(), gate.data(), n * f, stream));
-      gemm(gate.data(), n, f, L.w_down.data(), h, x.data(), 1.0f);  // x += mlp
-      if (L.b_down) RETRO_CUDA_CHECK(add_bias(x.data(), L.b_down.data(), n, h, stream));
+      attention_output_and_mlp(L, x.data(), n);
     }
-    if (want_logits) {
-      // Prefill: the last token only. Decode: every row is a sequence's newest token.
-      const int64_t rows = decode_step ? n : 1;
-      const char* first = bf(x) + (decode_step ? 0 : (n - 1) * h * 2);
-      RETRO_CUDA_CHECK(rms_norm(first, final_norm.data(), xn.data(), rows, h, c.rms_norm_eps, stream));
-      const Buffer& head = c.tie_word_embeddings ? embed : lm_head;
-      gemm(xn.data(), rows, h, head.data(), c.vocab_size, logits.data(), 0.0f, CUDA_R_32F);
-      RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, logits.data(), size_t(rows * c.vocab_size) * 4,
-                                       cudaMemcpyDeviceToHost, stream));
-    }
+    // Prefill: the last token only. Decode: every row is a sequence's newest token.
+    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1);
   }
 
   void prefill_chunk(int slot, const int32_t* tokens, int64_t n, float* host_logits) {
@@ -203,6 +347,74 @@ struct GpuModel::Impl {
     if (host_logits != nullptr) std::copy_n(h_logits, config.vocab_size, host_logits);
   }
 
+  // Wave prefill, layer-major: for each layer, every chunk of the prompt runs through it (its K/V
+  // land in prompt_k/prompt_v and its queries attend over the prompt's rows so far), then the
+  // layer's K/V of the whole prompt are clustered into its WaveLayerKv and prompt_k/prompt_v are
+  // free for the next layer. Chunk by chunk the arithmetic is the one of the dense prefill.
+  void prefill_wave(int slot, std::span<const int32_t> tokens, float* host_logits) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    check_step(slot, tokens.data(), n);
+    RETRO_CHECK(lengths[size_t(slot)] == 0,
+                "wave attention builds a slot's index from its whole prompt: slot {} already holds {} tokens "
+                "(reset it first)",
+                slot, lengths[size_t(slot)]);
+    const ModelConfig& c = config;
+    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, row = nkv * d;
+    auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
+    std::vector<int64_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = i;
+    try {
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), tokens.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), pos.data(), size_t(n) * 8, cudaMemcpyHostToDevice, stream));
+      RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), hidden.data(), n, h,
+                                 c.vocab_size, nullptr, stream));
+      const auto* dpos = static_cast<const int64_t*>(positions.data());
+      for (size_t l = 0; l < layers.size(); ++l) {
+        const Layer& L = layers[l];
+        for (int64_t start = 0; start < n; start += max_chunk) {
+          const int64_t m = std::min(max_chunk, n - start);
+          char* xs = bf(hidden) + start * h * 2;
+          attention_inputs(L, xs, m, dpos + start, bf(prompt_k) + start * row * 2, bf(prompt_v) + start * row * 2);
+          attention::cuda::PrefillAttentionParams a;
+          a.q = q.data();
+          a.q_stride_token = nq * d;
+          a.k = prompt_k.data();
+          a.v = prompt_v.data();
+          a.kv_stride_token = row;
+          a.kv_stride_head = d;
+          a.out = attn.data();
+          a.n_q = m;
+          a.n_kv = start + m;
+          a.num_q_heads = int(nq);
+          a.num_kv_heads = int(nkv);
+          a.head_dim = int(d);
+          a.sm_scale = sm_scale();
+          attention::cuda::run_prefill_attention(a, stream);
+          attention_output_and_mlp(L, xs, m);
+        }
+        wave_kv[l]->build(slot, prompt_k.data(), prompt_v.data(), n, row, stream);
+      }
+      if (host_logits != nullptr) project_logits(bf(hidden) + (n - 1) * h * 2, 1);
+      RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    } catch (...) {
+      // Layers built before the failure would otherwise keep the slot and refuse its next prompt.
+      release_wave_slot(slot);
+      throw;
+    }
+    lengths[size_t(slot)] = n;
+    if (host_logits != nullptr) std::copy_n(h_logits, c.vocab_size, host_logits);
+  }
+
+  // Best effort (after an error the stream may be broken too): every layer forgets the slot.
+  void release_wave_slot(int slot) noexcept {
+    for (auto& kv : wave_kv) {
+      try {
+        kv->release(slot, stream);
+      } catch (...) {
+      }
+    }
+  }
+
   // The decode step's inputs travel from pinned host memory inside the step, so a captured graph
   // reads this step's values on every replay.
   void decode_body(int batch, DecodeStep& step) {
@@ -212,17 +424,46 @@ struct GpuModel::Impl {
     run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step);
   }
 
+  // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
+  // to the host store, none of which a captured step may do.
+  void grow_due_segments(int batch) {
+    for (auto& kv : wave_kv)
+      for (int b = 0; b < batch; ++b)
+        if (kv->growth_due(b)) kv->grow(b, stream);
+  }
+
+  // WaveLayerKv advances the host copy of its steady-zone counts (which decide when grow() is due)
+  // in append(); a replayed graph runs append()'s kernel but not its host code. The same append()
+  // calls are therefore recorded into a capture on a side stream that is thrown away: the counts
+  // and checks advance exactly as in an eager step, and nothing runs on the device.
+  void advance_wave_counts(int batch) {
+    cudaGraph_t g = nullptr;
+    RETRO_CUDA_CHECK(cudaStreamBeginCapture(count_stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (auto& kv : wave_kv) kv->append(k_new.data(), v_new.data(), batch, count_stream);
+    } catch (...) {
+      cudaStreamEndCapture(count_stream, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    RETRO_CUDA_CHECK(cudaStreamEndCapture(count_stream, &g));
+    if (g) RETRO_CUDA_CHECK(cudaGraphDestroy(g));
+  }
+
   void decode_tokens(std::span<const int32_t> tokens, float* host_logits) {
     const int batch = static_cast<int>(tokens.size());
     RETRO_CHECK(batch >= 1 && batch <= max_batch, "decode batch of {} sequences (1..{})", batch, max_batch);
     for (int b = 0; b < batch; ++b) {
       check_step(b, &tokens[size_t(b)], 1);
+      RETRO_CHECK(!wave_mode || lengths[size_t(b)] > 0, "wave decode of slot {} before its prompt (prefill it first)",
+                  b);
       h_tokens[b] = tokens[size_t(b)];
       h_pos[b] = lengths[size_t(b)];
       h_lens[b] = static_cast<int32_t>(lengths[size_t(b)] + 1);
     }
+    if (wave_mode) grow_due_segments(batch);
     DecodeStep& step = steps[size_t(batch)];
-    if (step.plan.tokens_per_split == 0) {
+    if (!wave_mode && step.plan.tokens_per_split == 0) {
       const ModelConfig& c = config;
       step.plan = attention::cuda::plan_decode_attention(batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens);
       if (step.plan.workspace_bytes) step.workspace = allocator->allocate(step.plan.workspace_bytes, MemoryPurpose::kWorkspace);
@@ -230,7 +471,8 @@ struct GpuModel::Impl {
     if (!use_graph) {
       decode_body(batch, step);
     } else {
-      if (step.graph == nullptr) {
+      const bool replay = step.graph != nullptr;
+      if (!replay) {
         cudaGraph_t g = nullptr;
         RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
@@ -246,29 +488,56 @@ struct GpuModel::Impl {
         RETRO_CUDA_CHECK(st);
       }
       RETRO_CUDA_CHECK(cudaGraphLaunch(step.graph, stream));
+      // The capture ran append()'s host code already; a replay did not.
+      if (wave_mode && replay) advance_wave_counts(batch);
     }
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int b = 0; b < batch; ++b) lengths[size_t(b)] += 1;
     std::copy_n(h_logits, size_t(batch) * size_t(config.vocab_size), host_logits);
   }
+
+  void check_wave(const char* what) const {
+    RETRO_CHECK(wave_mode, "{} needs a model in wave attention mode (this one is dense)", what);
+  }
 };
 
 GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& c, int64_t max_tokens, int64_t max_chunk, int max_batch) {
+  return plan_gpu_model_memory(c, max_tokens, dense_options(max_chunk, true, max_batch));
+}
+
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& c, int64_t max_tokens, const GpuModelOptions& o) {
+  const int64_t max_chunk = o.max_chunk;
+  const int max_batch = o.max_batch;
   GpuModelMemoryPlan p;
   for (const WeightInfo& w : expected_weights(c)) p.weights += size_t(w.shape.numel()) * 2;
-  p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
   const size_t rows = size_t(std::max<int64_t>(std::min(max_chunk, max_tokens), max_batch));
   const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
   p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + size_t(max_batch) * size_t(c.vocab_size) * 4 + rows * 12 +
                   (size_t(32) << 20);  // + cuBLAS workspace
+  if (o.attention == attention::AttentionMode::kDense) {
+    p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
+    return p;
+  }
+  p.wave_kv = size_t(c.num_layers) * wave_layer_device_bytes(c, max_tokens, o);
+  p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
+  // Residual stream, ids and positions of a max_tokens prompt; K and V of one layer.
+  p.prefill = size_t(max_tokens) * (h * 2 + 12) + 2 * size_t(max_tokens) * size_t(c.kv_size()) * 2;
   return p;
 }
 
 GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
                    int64_t max_chunk, bool use_cuda_graph, int max_batch)
+    : GpuModel(config, weights, device, max_tokens, dense_options(max_chunk, use_cuda_graph, max_batch)) {}
+
+GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
+                   const GpuModelOptions& options)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  m.use_graph = use_cuda_graph;
+  const int64_t max_chunk = options.max_chunk;
+  const int max_batch = options.max_batch;
+  m.options = options;
+  m.use_graph = options.use_cuda_graph;
+  m.wave_mode = options.attention == attention::AttentionMode::kWave;
   RETRO_CHECK(max_batch >= 1, "GPU model needs max_batch >= 1, got {}", max_batch);
   m.max_batch = max_batch;
   m.lengths.assign(size_t(max_batch), 0);
@@ -277,21 +546,37 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.config.validate();
   validate_weights(m.config, weights);
   RETRO_CHECK(max_tokens > 0 && max_chunk > 0, "GPU model needs positive max_tokens and max_chunk");
+  if (m.wave_mode) {
+    options.wave.validate();
+    options.host_store.validate(host_page_bytes(m.config, options));
+  }
   m.device = device;
   m.max_tokens = max_tokens;
   m.max_chunk = std::min(max_chunk, max_tokens);
   m.allocator = make_device_allocator(device);
   RETRO_CUDA_CHECK(cudaSetDevice(device));
   {
-    const GpuModelMemoryPlan plan = plan_gpu_model_memory(m.config, max_tokens, max_chunk, max_batch);
+    m.plan = plan_gpu_model_memory(m.config, max_tokens, options);
+    const GpuModelMemoryPlan& plan = m.plan;
     size_t free_b = 0, total_b = 0;
     RETRO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    RETRO_CHECK_KIND(plan.total() <= free_b, ErrorKind::kOutOfMemory,
-                     "the model needs {} on cuda:{} ({} weights, {} KV cache for {} x {} tokens, {} activations) "
-                     "but {} of {} is free",
-                     format_bytes(plan.total()), device, format_bytes(plan.weights), format_bytes(plan.kv_cache),
-                     max_batch, max_tokens, format_bytes(plan.activations), format_bytes(free_b),
-                     format_bytes(total_b));
+    if (!m.wave_mode) {
+      RETRO_CHECK_KIND(plan.total() <= free_b, ErrorKind::kOutOfMemory,
+                       "the model needs {} on cuda:{} ({} weights, {} KV cache for {} x {} tokens, {} activations) "
+                       "but {} of {} is free",
+                       format_bytes(plan.total()), device, format_bytes(plan.weights), format_bytes(plan.kv_cache),
+                       max_batch, max_tokens, format_bytes(plan.activations), format_bytes(free_b),
+                       format_bytes(total_b));
+    } else {
+      RETRO_CHECK_KIND(plan.total() <= free_b, ErrorKind::kOutOfMemory,
+                       "the model with wave attention needs {} on cuda:{} ({} weights, {} wave KV for {} x {} tokens "
+                       "(steady zones, meta index, workspaces of {} layers), {} cluster cache, {} prefill buffers, "
+                       "{} activations) but {} of {} is free",
+                       format_bytes(plan.total()), device, format_bytes(plan.weights), format_bytes(plan.wave_kv),
+                       max_batch, max_tokens, m.config.num_layers, format_bytes(plan.cluster_cache),
+                       format_bytes(plan.prefill), format_bytes(plan.activations), format_bytes(free_b),
+                       format_bytes(total_b));
+    }
   }
   RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   RETRO_CUBLAS_CHECK(cublasCreate(&m.cublas));
@@ -326,12 +611,16 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
       L.b_up = up("mlp.up_proj.bias");
       L.b_down = up("mlp.down_proj.bias");
     }
-    m.slot_elems = max_tokens * nkv * d;
-    const size_t cache_bytes = size_t(max_batch) * size_t(m.slot_elems) * 2;
-    L.k_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
-    L.v_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
+    if (!m.wave_mode) {
+      m.slot_elems = max_tokens * nkv * d;
+      const size_t cache_bytes = size_t(max_batch) * size_t(m.slot_elems) * 2;
+      L.k_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
+      L.v_cache = m.allocator->allocate(cache_bytes, MemoryPurpose::kKvCache);
+    }
   }
   const int64_t chunk = std::max<int64_t>(m.max_chunk, max_batch);  // rows of a prefill chunk or a decode batch
+  // Wave prefill embeds and rotates the whole prompt at once.
+  const int64_t id_rows = m.wave_mode ? std::max(chunk, max_tokens) : chunk;
   auto act = [&](size_t bytes) { return m.allocator->allocate(bytes, MemoryPurpose::kActivations); };
   m.x = act(size_t(chunk * h) * 2);
   m.xn = act(size_t(chunk * h) * 2);
@@ -340,8 +629,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.gate = act(size_t(chunk * f) * 2);
   m.up = act(size_t(chunk * f) * 2);
   m.logits = act(size_t(max_batch) * size_t(c.vocab_size) * 4);
-  m.ids = act(size_t(chunk) * 4);
-  m.positions = act(size_t(chunk) * 8);
+  m.ids = act(size_t(id_rows) * 4);
+  m.positions = act(size_t(id_rows) * 8);
   m.seq_len = act(size_t(max_batch) * 4);
   m.k_new = act(size_t(max_batch * nkv * d) * 2);
   m.v_new = act(size_t(max_batch * nkv * d) * 2);
@@ -359,13 +648,43 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.inv_freq = act(rope.inv_freq().size() * 4);
   RETRO_CUDA_CHECK(cudaMemcpy(m.inv_freq.data(), rope.inv_freq().data(), rope.inv_freq().size() * 4,
                               cudaMemcpyHostToDevice));
+  if (m.wave_mode) {
+    m.hidden = act(size_t(max_tokens) * size_t(h) * 2);
+    m.prompt_k = act(size_t(max_tokens) * size_t(nkv * d) * 2);
+    m.prompt_v = act(size_t(max_tokens) * size_t(nkv * d) * 2);
+    m.pinned = make_pinned_host_allocator(options.host_capacity_bytes);
+    m.pool = std::make_unique<wave::HostPagePool>(host_page_bytes(c, options), options.host_store.chunk_bytes, *m.pinned);
+    const wave::WaveCacheLayout layout = plan_cluster_cache(c, max_tokens, options);
+    if (layout.bytes > 0) {
+      m.cache_memory = m.allocator->allocate(layout.bytes, MemoryPurpose::kKvCache);
+      m.cache = wave::init_wave_cache(layout, m.cache_memory.data(), m.stream);
+    }
+    const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
+    for (int l = 0; l < c.num_layers; ++l)
+      m.wave_kv.push_back(std::make_unique<wave::WaveLayerKv>(shape, options.wave, options.buffer, *m.pool,
+                                                              *m.allocator, l, c.num_layers));
+    // The plan mirrors WaveLayerKv's allocations (wave_layer_device_bytes): say so when they drift.
+    size_t allocated = 0;
+    for (const auto& kv : m.wave_kv) allocated += kv->device_bytes();
+    if (allocated > m.plan.wave_kv)
+      RETRO_LOG_WARN("wave KV allocated {} on cuda:{}, more than the {} the memory plan counted", format_bytes(allocated),
+                     device, format_bytes(m.plan.wave_kv));
+    if (m.use_graph) RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.count_stream, cudaStreamNonBlocking));
+    // WaveLayerKv initialises its state on the legacy default stream, which the model's
+    // non-blocking stream does not wait for.
+    RETRO_CUDA_CHECK(cudaDeviceSynchronize());
+  }
 }
 
 GpuModel::~GpuModel() {
   if (!impl_) return;
+  // Pinned pages and device buffers are freed below: no queued kernel may still read them.
+  if (impl_->stream) cudaStreamSynchronize(impl_->stream);
   for (auto& step : impl_->steps)
     if (step.graph) cudaGraphExecDestroy(step.graph);
+  impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->count_stream) cudaStreamDestroy(impl_->count_stream);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
   for (void* p : {static_cast<void*>(impl_->h_tokens), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_lens),
                   static_cast<void*>(impl_->h_logits)})
@@ -374,17 +693,25 @@ GpuModel::~GpuModel() {
 
 const ModelConfig& GpuModel::config() const { return impl_->config; }
 int GpuModel::max_batch() const { return impl_->max_batch; }
+attention::AttentionMode GpuModel::attention_mode() const { return impl_->options.attention; }
+const GpuModelMemoryPlan& GpuModel::memory_plan() const { return impl_->plan; }
 int64_t GpuModel::length(int slot) const {
   impl_->check_slot(slot);
   return impl_->lengths[size_t(slot)];
 }
 void GpuModel::reset(int slot) {
-  impl_->check_slot(slot);
-  impl_->lengths[size_t(slot)] = 0;
+  Impl& m = *impl_;
+  m.check_slot(slot);
+  for (auto& kv : m.wave_kv) kv->release(slot, m.stream);
+  m.lengths[size_t(slot)] = 0;
 }
 
 void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits) {
   RETRO_CHECK(!tokens.empty(), "empty prompt");
+  if (impl_->wave_mode) {
+    impl_->prefill_wave(slot, tokens, logits);
+    return;
+  }
   const int64_t total = static_cast<int64_t>(tokens.size());
   for (int64_t start = 0; start < total; start += impl_->max_chunk) {
     const int64_t n = std::min(impl_->max_chunk, total - start);
@@ -393,5 +720,43 @@ void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits)
 }
 
 void GpuModel::decode(std::span<const int32_t> tokens, float* logits) { impl_->decode_tokens(tokens, logits); }
+
+attention::cuda::WaveKvStats GpuModel::wave_stats(int batch) const {
+  const Impl& m = *impl_;
+  m.check_wave("wave_stats");
+  RETRO_CHECK(batch >= 1 && batch <= m.max_batch, "wave_stats of {} slots (1..{})", batch, m.max_batch);
+  attention::cuda::WaveKvStats total;
+  for (const auto& kv : m.wave_kv) {
+    const attention::cuda::WaveKvStats s = kv->stats(batch, m.stream);
+    total.groups += s.groups;
+    total.clusters += s.clusters;
+    total.non_empty_clusters += s.non_empty_clusters;
+    total.retrieved_clusters += s.retrieved_clusters;
+    total.estimated_clusters += s.estimated_clusters;
+    total.retrieved_tokens += s.retrieved_tokens;
+    total.estimated_tokens += s.estimated_tokens;
+    total.clustered_tokens += s.clustered_tokens;
+  }
+  return total;
+}
+
+attention::cuda::WaveCacheCounters GpuModel::wave_cache_counters() const {
+  const Impl& m = *impl_;
+  m.check_wave("wave_cache_counters");
+  if (m.cache.num_sets == 0) return {};
+  return attention::cuda::read_wave_cache_counters(m.cache, m.stream);
+}
+
+size_t GpuModel::host_kv_bytes() const {
+  const Impl& m = *impl_;
+  m.check_wave("host_kv_bytes");
+  return m.pool->pages_in_use() * m.pool->page_bytes();
+}
+
+size_t GpuModel::host_pinned_bytes() const {
+  const Impl& m = *impl_;
+  m.check_wave("host_pinned_bytes");
+  return m.pool->pinned_bytes();
+}
 
 }  // namespace retro::runtime::cuda

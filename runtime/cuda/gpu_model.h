@@ -1,39 +1,75 @@
 #pragma once
-// The Llama-family decoder on one GPU with dense attention: bf16 weights and activations, cuBLAS
-// GEMMs (fp32 accumulate), the layer ops of runtime/cuda/ops.h, tensor-core prefill attention for
-// prompt chunks and split-KV decode attention for the tokens of a batch. Sequences live in
-// max_batch slots, each with a KV cache of max_tokens allocated up front (a request past it is a clear
-// error, never an overflow). A batched decode step over slots [0, batch) is captured once per batch
-// size as a CUDA graph and replayed.
+// The Llama-family decoder on one GPU: bf16 weights and activations, cuBLAS GEMMs (fp32
+// accumulate), the layer ops of runtime/cuda/ops.h, tensor-core prefill attention for prompt chunks.
+// Sequences live in max_batch slots. A batched decode step over slots [0, batch) is captured once per
+// batch size as a CUDA graph and replayed.
 //
-// The full-attention baseline and the prefill engine of the wave path.
+// Two attention modes:
+//   dense  every slot holds a KV cache of max_tokens on the device (a request past it is a clear
+//          error, never an overflow); decode runs the split-KV decode kernel. The full-attention
+//          baseline.
+//   wave   no slot holds a full KV cache. Prefill runs layer-major: the residual stream of every
+//          prompt token stays on the device and only one layer's K/V of the prompt at a time, which
+//          WaveLayerKv (attention/cuda/wave_kv.h) clusters into its index and moves to pinned host
+//          pages before the next layer. Decode appends to the steady zone and runs wave attention
+//          (steady zone + retrieved clusters through the GPU cluster cache + estimated clusters).
+//          Update segments are clustered between steps, outside the captured graph.
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 
+#include "attention/cuda/host_store.h"
+#include "attention/cuda/wave_cache.h"
+#include "attention/cuda/wave_kv.h"
+#include "attention/kv_store.h"
+#include "attention/wave_index.h"
 #include "runtime/model_config.h"
 #include "runtime/weight_source.h"
 
 namespace retro::runtime::cuda {
 
+struct GpuModelOptions {
+  int64_t max_chunk = 1024;  // prompt tokens per prefill step
+  bool use_cuda_graph = true;  // false: the decode step's kernels are launched one by one
+  int max_batch = 1;           // sequence slots
+  attention::AttentionMode attention = attention::AttentionMode::kDense;
+  // Wave mode only.
+  attention::WaveIndexParams wave;             // clustering, update segments, decode budgets
+  attention::cuda::WaveBufferParams buffer;    // the GPU cluster cache shared by every layer and slot
+  attention::cuda::HostStoreParams host_store; // pages of the pinned host store
+  size_t host_capacity_bytes = 0;              // pinned host memory for clustered K/V (0: the system's)
+};
+
 // Device bytes a GpuModel of this shape needs, by purpose.
 struct GpuModelMemoryPlan {
   size_t weights = 0;
-  size_t kv_cache = 0;
+  size_t kv_cache = 0;     // dense: K/V of max_batch x max_tokens tokens; wave: 0
   size_t activations = 0;  // including the cuBLAS workspace and attention scratch
-  size_t total() const { return weights + kv_cache + activations; }
+  // Wave mode: steady zones, meta index (sized for max_tokens per slot), host-store page tables,
+  // decode and build workspaces of every layer.
+  size_t wave_kv = 0;
+  size_t cluster_cache = 0;  // wave mode: the GPU cluster cache
+  size_t prefill = 0;        // wave mode: residual stream, ids and positions of a max_tokens prompt + one layer's K/V
+  size_t total() const { return weights + kv_cache + activations + wave_kv + cluster_cache + prefill; }
 };
+// Dense attention; needs no device.
 GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_tokens, int64_t max_chunk,
                                          int max_batch);
+// Either mode. Wave mode plans its workspaces for the current CUDA device (their sizes depend on it).
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_tokens,
+                                         const GpuModelOptions& options);
 
 class GpuModel {
  public:
   // Copies every weight to device `device` as bf16. The memory plan is checked against the device's
-  // free memory first: when weights, KV cache (max_batch x max_tokens) and workspaces do not fit,
-  // retro::Error (kOutOfMemory) gives the breakdown before a byte is uploaded.
-  // use_cuda_graph: the decode step is captured once and replayed (its inputs travel through pinned
-  // host memory inside the graph); false launches every kernel each step.
+  // free memory first: when it does not fit, retro::Error (kOutOfMemory) gives the breakdown before a
+  // byte is uploaded. With a CUDA graph, the decode step is captured once per batch size and replayed
+  // (its inputs travel through pinned host memory inside the graph).
+  GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
+           const GpuModelOptions& options);
+  // Dense attention.
   GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
            int64_t max_chunk = 1024, bool use_cuda_graph = true, int max_batch = 1);
   ~GpuModel();
@@ -42,16 +78,30 @@ class GpuModel {
 
   const ModelConfig& config() const;
   int max_batch() const;
-  int64_t length(int slot = 0) const;  // tokens in the slot's KV cache
-  void reset(int slot = 0);            // empties the slot's KV cache
+  attention::AttentionMode attention_mode() const;
+  const GpuModelMemoryPlan& memory_plan() const;
+  int64_t length(int slot = 0) const;  // tokens the slot holds
+  void reset(int slot = 0);            // empties the slot (wave: its host pages go back to the pool)
 
   // Runs a prompt into `slot` in chunks of at most max_chunk tokens; logits of its last token ->
-  // host [vocab].
+  // host [vocab]. Dense: appends to what the slot holds. Wave: the slot must be empty (its index is
+  // built from the whole prompt).
   void prefill(int slot, std::span<const int32_t> tokens, float* logits);
   void prefill(std::span<const int32_t> tokens, float* logits) { prefill(0, tokens, logits); }
   // One token for each of slots [0, tokens.size()); next-token logits -> host [tokens.size(), vocab].
+  // Wave: every slot needs its prompt first; due update segments are clustered before the step.
   void decode(std::span<const int32_t> tokens, float* logits);
   void decode(int32_t token, float* logits) { decode(std::span<const int32_t>(&token, 1), logits); }
+
+  // Wave mode (retro::Error in dense mode); each synchronises the model's stream, so call them
+  // between steps.
+  // Zone counts of the last decode step of slots [0, batch), summed over layers (groups counts
+  // (layer, slot, KV head) triples).
+  attention::cuda::WaveKvStats wave_stats(int batch) const;
+  // Counters of the cluster cache since construction (all zero without a cache).
+  attention::cuda::WaveCacheCounters wave_cache_counters() const;
+  size_t host_kv_bytes() const;     // pinned host pages holding clustered K/V now
+  size_t host_pinned_bytes() const; // pinned host memory of the page pool (pages in use and free)
 
  private:
   struct Impl;
