@@ -20,6 +20,16 @@
 #include "runtime/needle_eval.h"
 #include "runtime/perplexity.h"
 
+#ifdef RETRO_WITH_CUDA
+#include <algorithm>
+
+#include "runtime/core/system_info.h"
+#include "runtime/cuda/gpu_model.h"
+#include "runtime/open_model.h"
+#include "runtime/open_tokenizer.h"
+#include "runtime/sampler.h"
+#endif
+
 namespace retro::launcher {
 
 namespace {
@@ -65,6 +75,7 @@ std::unique_ptr<std::ofstream> open_json(const std::string& path) {
 
 struct NiahOptions {
   ModelOptions model;
+  std::string backend = "cpu";
   std::string data;
   std::string lengths = "1k,4k";
   std::string budgets = "0.018:0.232";
@@ -108,6 +119,87 @@ void run_niah(const NiahOptions& o) {
     }
   }
 }
+
+
+#ifdef RETRO_WITH_CUDA
+// The same evaluation on the GPU model: greedy continuation of max(answer tokens + 1, 8) tokens,
+// correct when it starts with the answer (runtime::run_needle's rule), dense and wave on the same
+// prompts.
+std::vector<bool> run_niah_gpu_once(const runtime::ModelConfig& config, const runtime::WeightSource& weights,
+                                    const runtime::Tokenizer& tokenizer,
+                                    const std::vector<runtime::NeedleSample>& samples,
+                                    const runtime::cuda::GpuModelOptions& options) {
+  int64_t longest = 0;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> answer_tokens;
+  for (const auto& s : samples) {
+    prompts.push_back(tokenizer.encode(s.prompt));
+    answer_tokens.push_back(int(tokenizer.encode(s.answer, /*add_special_tokens=*/false).size()));
+    longest = std::max<int64_t>(longest, int64_t(prompts.back().size()));
+  }
+  runtime::cuda::GpuModel model(config, weights, 0, longest + 16, options);
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  std::vector<float> logits(vocab);
+  std::vector<bool> correct;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    model.reset(0);
+    model.prefill(0, prompts[i], logits.data());
+    const int n_new = std::max(answer_tokens[i] + 1, 8);
+    std::vector<int32_t> out;
+    for (int t = 0; t < n_new; ++t) {
+      out.push_back(runtime::argmax(logits));
+      if (t + 1 < n_new) model.decode(out.back(), logits.data());
+    }
+    const std::string text = tokenizer.decode(out, /*skip_special_tokens=*/true);
+    correct.push_back(text.rfind(samples[i].answer, 0) == 0);
+  }
+  return correct;
+}
+
+void run_niah_gpu(const NiahOptions& o) {
+  RETRO_CHECK_KIND(!query_gpus().empty(), ErrorKind::kUnsupported, "bench niah --backend cuda needs a GPU: {}",
+                   query_cuda_runtime().error);
+  runtime::ModelConfig config;
+  auto weights = runtime::open_model(o.model.model, &config);
+  auto tokenizer = runtime::open_tokenizer(o.model.model);
+  RETRO_CHECK(tokenizer.has_value(), "bench niah needs a model with a tokenizer, not {}", o.model.model);
+  std::vector<int64_t> lengths = parse_size_list(o.lengths, "--lengths");
+  std::vector<Budget> budgets = parse_budgets(o.budgets, o.model.estimation_budget);
+  auto json = open_json(o.json_out);
+  fmt::print("| context | samples | dense | wave retrieval | wave estimation | wave |\n|---|---|---|---|---|---|\n");
+  auto accuracy = [](const std::vector<bool>& c) {
+    return 100.0 * double(std::count(c.begin(), c.end(), true)) / double(std::max<size_t>(c.size(), 1));
+  };
+  for (int64_t len : lengths) {
+    std::vector<runtime::NeedleSample> samples = runtime::load_needle_samples(o.data, {len});
+    if (samples.empty()) {
+      fmt::print("| {} | 0 | no samples of this length in {} | | | |\n", len, o.data);
+      continue;
+    }
+    runtime::cuda::GpuModelOptions dense_options;
+    dense_options.max_chunk = o.model.prefill_chunk;
+    const double dense_acc = accuracy(run_niah_gpu_once(config, *weights, *tokenizer, samples, dense_options));
+    for (const Budget& b : budgets) {
+      runtime::cuda::GpuModelOptions wave_options = dense_options;
+      wave_options.attention = attention::AttentionMode::kWave;
+      wave_options.wave = with_budget(o.model, b);
+      const double wave_acc = accuracy(run_niah_gpu_once(config, *weights, *tokenizer, samples, wave_options));
+      fmt::print("| {} | {} | {:.1f}% | {} | {} | {:.1f}% |\n", len, samples.size(), dense_acc, b.retrieval,
+                 b.estimation, wave_acc);
+      std::fflush(stdout);
+      if (json) {
+        *json << nlohmann::ordered_json{{"bench", "niah"},           {"backend", "cuda"},
+                                        {"model", o.model.model},    {"context", len},
+                                        {"samples", samples.size()}, {"dense_accuracy", dense_acc},
+                                        {"retrieval_budget", b.retrieval}, {"estimation_budget", b.estimation},
+                                        {"wave_accuracy", wave_acc}}
+                     .dump()
+              << "\n";
+      }
+    }
+  }
+}
+#endif
 
 struct PerplexityOptions {
   ModelOptions model;
@@ -156,14 +248,22 @@ void run_perplexity(const PerplexityOptions& o) {
 void register_model_benches(CLI::App& bench) {
   {
     auto o = std::make_shared<NiahOptions>();
-    CLI::App* cmd = bench.add_subcommand("niah", "Needle retrieval accuracy, dense vs wave attention (CPU backend)");
+    CLI::App* cmd = bench.add_subcommand("niah", "Needle retrieval accuracy, dense vs wave attention");
     add_model_options(*cmd, o->model);
+    cmd->add_option("--backend", o->backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
     cmd->add_option("--data", o->data, "Needle samples (JSON lines: id, context_length, prompt, answer)")->required();
     cmd->add_option("--lengths", o->lengths, "Context lengths to evaluate")->capture_default_str();
     cmd->add_option("--budgets", o->budgets, "Wave budgets retrieval[:estimation], comma separated")
         ->capture_default_str();
     cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
-    cmd->callback([o] { run_niah(*o); });
+    cmd->callback([o] {
+      if (o->backend == "cpu") return run_niah(*o);
+#ifdef RETRO_WITH_CUDA
+      run_niah_gpu(*o);
+#else
+      RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench niah --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+#endif
+    });
   }
   {
     auto o = std::make_shared<PerplexityOptions>();
