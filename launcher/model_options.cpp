@@ -1,6 +1,10 @@
 #include "launcher/model_options.h"
 
+#include "parallel/mpi_world.h"
+#include "parallel/sharding.h"
+#include "parallel/tensor_parallel.h"
 #include "runtime/core/error.h"
+#include "runtime/core/logging.h"
 #include "runtime/open_model.h"
 #include "runtime/open_tokenizer.h"
 
@@ -38,12 +42,30 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
   cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")->capture_default_str();
 }
 
+void add_tp_option(CLI::App& cmd, ModelOptions& o) {
+  o.tp = 0;
+  cmd.add_option("--tp", o.tp,
+                 "Tensor-parallel ranks per model: each holds a slice of the heads and weights "
+                 "(default: every process of the mpirun launch, 1 without mpirun)")
+      ->check(CLI::NonNegativeNumber);
+}
+
 LoadedModel load_model(const ModelOptions& o) {
   LoadedModel m;
   m.host = make_host_allocator();
+  m.world = parallel::make_world_config(parallel::mpi_world(), o.tp);
   runtime::ModelConfig config;
   std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model, &config);
-  m.model = std::make_unique<runtime::Model>(config, *weights, *m.host);
+  if (m.world.tp == 1) {
+    m.model = std::make_unique<runtime::Model>(config, *weights, *m.host);
+  } else {
+    // Planned before any collective, so a tp that does not fit the model fails on every rank alike.
+    const parallel::ShardingPlan plan = parallel::plan_sharding(config, m.world.tp, m.world.tp_rank);
+    m.tp_group = parallel::make_tp_host_communicator(m.world);
+    m.tp_collectives = std::make_unique<parallel::CommunicatorCollectives>(*m.tp_group);
+    m.model = parallel::load_model_shard(config, *weights, *m.host, plan, m.tp_collectives.get());
+    RETRO_LOG_INFO("{}; {}", m.world.describe(), plan.describe());
+  }
   m.tokenizer = runtime::open_tokenizer(o.model);
   return m;
 }

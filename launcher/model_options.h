@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "attention/kv_store.h"
+#include "parallel/communicator.h"
+#include "parallel/world_config.h"
 #include "runtime/core/allocator.h"
 #include "runtime/model.h"
 #include "runtime/tokenizer.h"
@@ -24,21 +26,31 @@ struct ModelOptions {
   double estimation_budget = attention::WaveIndexParams{}.estimation_budget;
   int min_retrieve_clusters = attention::WaveIndexParams{}.min_retrieve_clusters;
   int64_t prefill_chunk = 512;
+  int tp = 1;  // tensor-parallel ranks per model; 0: the whole MPI world (the default of --tp)
 
   attention::AttentionMode attention_mode() const;
   attention::WaveIndexParams wave_params() const;
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required = true);
+// --tp, for commands that run a model sharded over the ranks of an mpirun launch (CPU backend).
+void add_tp_option(CLI::App& cmd, ModelOptions& o);
 
 struct LoadedModel {
   std::unique_ptr<Allocator> host;
+  parallel::WorldConfig world;
+  // With tp > 1: the group's host communicator and the model's collectives over it (declared
+  // before the model, which uses them until it is destroyed).
+  std::unique_ptr<parallel::Communicator> tp_group;
+  std::unique_ptr<runtime::ShardCollectives> tp_collectives;
   std::unique_ptr<runtime::Model> model;
   std::optional<runtime::Tokenizer> tokenizer;  // none for synthetic presets
 
   // With a tokenizer: its encoding (special tokens added). Without: the bytes of the text as ids.
   std::vector<int32_t> encode(std::string_view text) const;
   std::vector<int32_t> stop_ids() const;
+  // Whether this rank writes results (world rank 0); every rank of a group computes the same tokens.
+  bool leader() const { return world.is_world_leader(); }
 };
 
 LoadedModel load_model(const ModelOptions& o);

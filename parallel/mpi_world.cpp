@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 
+#include "parallel/impl/mpi_check.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 
@@ -12,14 +13,6 @@ namespace retro::parallel {
 namespace {
 MpiWorld g_world;
 bool g_done = false;
-
-void check_mpi(int code, const char* what) {
-  if (code == MPI_SUCCESS) return;
-  char msg[MPI_MAX_ERROR_STRING] = {};
-  int len = 0;
-  MPI_Error_string(code, msg, &len);
-  RETRO_THROW_KIND(ErrorKind::kComm, "{} failed: {}", what, std::string(msg, static_cast<size_t>(len)));
-}
 
 void finalize_at_exit() {
   int finalized = 0;
@@ -35,15 +28,14 @@ const MpiWorld& init_mpi_world(int* argc, char*** argv, bool force) {
   g_done = true;
   if (!launched_by_mpi() && !force) return g_world;
   int provided = 0;
-  check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  RETRO_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
   std::atexit(finalize_at_exit);
   MpiWorld w;
   w.initialized = true;
-  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank), "MPI_Comm_rank");
-  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &w.size), "MPI_Comm_size");
+  RETRO_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank));
+  RETRO_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &w.size));
   MPI_Comm node = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node),
-            "MPI_Comm_split_type");
+  RETRO_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node));
   MPI_Comm_rank(node, &w.local_rank);
   MPI_Comm_size(node, &w.local_size);
   MPI_Comm_free(&node);
@@ -69,7 +61,7 @@ std::vector<std::string> gather_processor_names() {
   std::string mine = world.processor_name;
   mine.resize(kLen, '\0');
   std::vector<char> all(world.rank == 0 ? static_cast<size_t>(kLen) * static_cast<size_t>(world.size) : 0);
-  check_mpi(MPI_Gather(mine.data(), kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Gather");
+  RETRO_MPI_CHECK(MPI_Gather(mine.data(), kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, 0, MPI_COMM_WORLD));
   std::vector<std::string> names;
   for (int r = 0; world.rank == 0 && r < world.size; ++r)
     names.emplace_back(all.data() + static_cast<size_t>(r) * kLen);

@@ -2,6 +2,10 @@
 // Llama-family decoder (Llama 2/3/3.1, Qwen2/2.5, Mistral) on the CPU backend: embedding, RMSNorm,
 // RoPE, GQA attention through attention/ (dense or wave), SwiGLU MLP, LM head. GEMMs go through
 // OpenBLAS in fp32; weights are converted to fp32 once at load (accounted as kWeights).
+//
+// A Model is the whole model, or one tensor-parallel shard of it (runtime/model_shard.h): the shard
+// holds only its slices of the weights and the KV of its heads, and joins the other ranks through
+// ShardCollectives; every rank of the group then ends each step with the same full logits.
 
 #include <cstdint>
 #include <functional>
@@ -13,6 +17,7 @@
 #include "runtime/core/allocator.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model_config.h"
+#include "runtime/model_shard.h"
 #include "runtime/rope.h"
 #include "runtime/weight_source.h"
 
@@ -42,9 +47,17 @@ class Model {
  public:
   // Reads and validates every weight the config needs from `weights` (converted to fp32).
   Model(const ModelConfig& config, const WeightSource& weights, Allocator& host_allocator);
+  // One tensor-parallel shard. `weights` holds this shard's slices under the full model's names
+  // (parallel/sharded_weights.h), each checked against the shape `shard` implies. `collectives`
+  // joins the group and must outlive the model; it may be null only for a whole shard (tp 1).
+  // Every rank of the group must run the same calls in the same order (they meet in collectives).
+  Model(const ModelConfig& config, const WeightSource& weights, Allocator& host_allocator, const ModelShard& shard,
+        ShardCollectives* collectives);
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }  // the full model's
+  const ModelShard& shard() const { return shard_; }
 
+  // A sequence over this shard's KV heads.
   std::unique_ptr<SequenceState> new_sequence(attention::AttentionMode mode,
                                               const attention::WaveIndexParams& params = {}) const;
 
@@ -65,10 +78,10 @@ class Model {
  private:
   struct Layer {
     TensorBuffer input_norm, post_norm;  // [hidden]
-    TensorBuffer wq, wk, wv, wo;         // [out, in]
+    TensorBuffer wq, wk, wv, wo;         // [out, in]; this shard's heads (rows of q/k/v, columns of o)
     TensorBuffer bq, bk, bv;             // [out] (attention_bias only)
     TensorBuffer bo;                     // [hidden] (attention_out_bias only)
-    TensorBuffer w_gate, w_up, w_down;
+    TensorBuffer w_gate, w_up, w_down;   // this shard's channels (rows of gate/up, columns of down)
     TensorBuffer b_gate, b_up, b_down;  // mlp_bias only
   };
 
@@ -77,13 +90,18 @@ class Model {
   // (all_logits [n, vocab]) when given. decode_step: one token, wave attention once indexed.
   void forward(SequenceState& seq, const int32_t* tokens, int64_t n, bool decode_step, float* last_logits,
                float* all_logits) const;
+  // logits [n, vocab] of the normed hidden states xn [n, hidden]: this shard's vocabulary rows,
+  // gathered from the group when sharded.
+  void lm_head(const float* xn, int64_t n, float* logits) const;
 
   ModelConfig config_;
+  ModelShard shard_;
+  ShardCollectives* collectives_ = nullptr;  // null for a whole model
   Allocator& host_;
   RopeTable rope_;
   TensorBuffer embed_;       // [vocab, hidden]
   TensorBuffer final_norm_;  // [hidden]
-  TensorBuffer lm_head_;     // [vocab, hidden]; empty when tied to embed_
+  TensorBuffer lm_head_;     // [shard vocab rows, hidden]; empty when tied to embed_
   std::vector<Layer> layers_;
 };
 
