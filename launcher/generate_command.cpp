@@ -1,8 +1,10 @@
 // `retroinfer generate`: load a model (directory, GGUF file or preset), run a prompt with dense or
-// wave attention on the CPU backend, stream the tokens to stdout.
+// wave attention on the CPU backend or on a GPU (--backend cuda), stream the tokens to stdout.
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -19,6 +21,11 @@
 #include "runtime/model.h"
 #include "runtime/open_model.h"
 #include "runtime/open_tokenizer.h"
+#include "runtime/sampler.h"
+
+#ifdef RETRO_WITH_CUDA
+#include "runtime/cuda/gpu_model.h"
+#endif
 
 namespace retro::launcher {
 
@@ -34,6 +41,9 @@ struct GenerateOptions {
   float top_p = 1.0f;
   uint64_t seed = 0;
   bool stats = false;
+  std::string backend = "cpu";  // cpu | cuda
+  int device = 0;               // --backend cuda
+  bool eager = false;           // --backend cuda: no CUDA graph
 };
 
 std::string read_file(const std::string& path) {
@@ -42,8 +52,82 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
+// One GPU: the GPU model holds its own bf16 weights (no CPU model is built) and the host Sampler
+// picks each token from the step's logits.
+void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
+#ifdef RETRO_WITH_CUDA
+  runtime::ModelConfig config;
+  std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model.model, &config);
+  std::optional<runtime::Tokenizer> tokenizer = runtime::open_tokenizer(o.model.model);
+  std::vector<int32_t> ids;
+  if (tokenizer) {
+    ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
+  } else {
+    for (unsigned char c : prompt) ids.push_back(static_cast<int32_t>(c) % config.vocab_size);
+  }
+  RETRO_CHECK(!ids.empty(), "empty prompt");
+  RETRO_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got {}", o.max_new_tokens);
+  const std::vector<int32_t> stop_ids =
+      tokenizer && !tokenizer->eos_ids().empty() ? tokenizer->eos_ids() : config.eos_token_ids;
+  runtime::cuda::GpuModelOptions g;
+  g.max_chunk = o.model.prefill_chunk;
+  g.use_cuda_graph = !o.eager;
+  g.attention = o.model.attention_mode();
+  if (g.attention == attention::AttentionMode::kWave) g.wave = o.model.wave_params();
+  const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);
+  runtime::cuda::GpuModel model(config, *weights, o.device, max_tokens, g);
+
+  runtime::Sampler sampler({.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p, .seed = o.seed});
+  std::unique_ptr<runtime::StreamingDecoder> stream;
+  if (tokenizer) stream = std::make_unique<runtime::StreamingDecoder>(*tokenizer, /*skip_special_tokens=*/true);
+  std::vector<float> logits(static_cast<size_t>(config.vocab_size));
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  model.prefill(ids, logits.data());
+  const auto t1 = Clock::now();
+  std::string finish_reason = "length";
+  size_t generated = 0;
+  for (int i = 0; i < o.max_new_tokens; ++i) {
+    const int32_t token = sampler.sample(logits);
+    ++generated;
+    std::string piece = stream ? stream->push(token) : fmt::format("[{}]", token);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+      finish_reason = "stop";
+      break;
+    }
+    if (i + 1 < o.max_new_tokens) model.decode(token, logits.data());
+  }
+  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  const double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
+  if (stream) {
+    std::string rest = stream->flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+  }
+  std::fputc('\n', stdout);
+  if (o.stats) {
+    // The first token comes from the prefill's logits: decode time covers the others.
+    const double decoded = generated > 1 ? double(generated - 1) : 0.0;
+    fmt::print(stderr,
+               "prompt {} tokens, prefill {:.3f} s ({:.1f} tokens/s); generated {} tokens ({}), {:.2f} tokens/s "
+               "(cuda:{}, {} attention)\n",
+               ids.size(), prefill_s, static_cast<double>(ids.size()) / prefill_s, generated, finish_reason,
+               decode_s > 0.0 ? decoded / decode_s : 0.0, o.device, o.model.attention);
+  }
+#else
+  (void)o;
+  (void)prompt;
+  RETRO_THROW_KIND(ErrorKind::kUnsupported, "generate --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+#endif
+}
+
 void run_generate(const GenerateOptions& o) {
   std::string prompt = o.prompt_file.empty() ? o.prompt : read_file(o.prompt_file);
+  if (o.backend == "cuda") {
+    run_generate_cuda(o, prompt);
+    return;
+  }
   LoadedModel m = load_model(o.model);
   runtime::GenerationRequest req;
   req.prompt = m.encode(prompt);
@@ -56,11 +140,13 @@ void run_generate(const GenerateOptions& o) {
   std::unique_ptr<runtime::StreamingDecoder> stream;
   if (m.tokenizer) stream = std::make_unique<runtime::StreamingDecoder>(*m.tokenizer, /*skip_special_tokens=*/true);
   auto on_token = [&](int32_t id) {
+    if (!m.leader()) return;  // every rank of a tensor-parallel group computes the same tokens
     std::string piece = stream ? stream->push(id) : fmt::format("[{}]", id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
   };
   runtime::GenerationResult r = runtime::generate(*m.model, *seq, req, on_token);
+  if (!m.leader()) return;
   if (stream) {
     std::string rest = stream->flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
@@ -77,8 +163,10 @@ void run_generate(const GenerateOptions& o) {
 
 void register_generate_command(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt with dense or wave attention (CPU backend)");
+  CLI::App* cmd =
+      app.add_subcommand("generate", "Generate text from a prompt with dense or wave attention (CPU or CUDA backend)");
   add_model_options(*cmd, o->model);
+  add_tp_option(*cmd, o->model);
   auto* p = cmd->add_option("--prompt", o->prompt, "Prompt text");
   auto* pf = cmd->add_option("--prompt-file", o->prompt_file, "Read the prompt from this file");
   p->excludes(pf);
@@ -89,6 +177,11 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
   cmd->add_flag("--stats", o->stats, "Print prefill and decode speed to stderr");
+  cmd->add_option("--backend", o->backend, "Backend: cpu (fp32) or cuda (bf16 on one GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--device", o->device, "CUDA device (--backend cuda)")->capture_default_str();
+  cmd->add_flag("--eager", o->eager, "--backend cuda: launch the decode step's kernels one by one instead of a CUDA graph");
   cmd->callback([o, p, pf] {
     RETRO_CHECK(p->count() + pf->count() == 1, "generate needs --prompt or --prompt-file");
     run_generate(*o);
