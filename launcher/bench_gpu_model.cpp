@@ -2,6 +2,14 @@
 // forward pass with dense or wave attention, on a checkpoint or a synthetic preset. With wave
 // attention each row also gives the cluster cache's hit ratio and the host bytes read per decode
 // step (cache counters read between steps) and the zone counts of the last step.
+//
+// Attention inputs (--workload): with random weights the model's own queries are random every step,
+// so a cluster cache never hits and wave decode speed says nothing about real use. `synthetic` (the
+// default) replaces them (GpuModel::set_attention_override) with the synthetic workload generator's
+// (attention/synthetic.h) while every other op runs as usual: the prompt's K/V of every layer and slot
+// are one generated sequence, and each decode step takes one generated K/V row (shared by the slots,
+// so its RoPE position is theirs) and, per slot, a query of the slot's own AR(1) stream, the same in
+// every layer. `random` keeps the model's own attention inputs (random prompt tokens).
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -15,15 +23,20 @@
 #include <vector>
 
 #include "attention/kv_store.h"
+#include "attention/synthetic.h"
 #include "attention/wave_index.h"
 #include "launcher/bench_util.h"
 #include "launcher/commands.h"
 #include "runtime/core/allocator.h"
+#include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
 #include "runtime/open_model.h"
 #include "runtime/sampler.h"
 
 #ifdef RETRO_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/system_info.h"
 #include "runtime/cuda/gpu_model.h"
 #endif
@@ -49,6 +62,9 @@ struct GpuModelBenchOptions {
   double cache_fraction = 0.05;  // of the K/V offloaded at the largest context (WaveBufferParams)
   double cache_gib = 0.0;
   double host_gib = 0.0;
+  // Attention inputs: synthetic (the workload generator's) or random (the model's own).
+  std::string workload = "synthetic";
+  uint64_t seed = 1;
 };
 
 #ifdef RETRO_WITH_CUDA
@@ -72,6 +88,124 @@ runtime::cuda::GpuModelOptions gpu_options(const GpuModelBenchOptions& o, int ma
   return g;
 }
 
+// The synthetic workload's attention inputs on the device, in the shapes GpuModel reads them
+// (AttentionInputOverride). One generator per context: its prompt K/V serve every slot and layer; the
+// decode inputs of a batch row are generated before the row from the generator's state after the
+// prompt, so every row of a context (and a dense and a wave run of the same seed) sees the same ones.
+class SyntheticAttentionInputs {
+ public:
+  SyntheticAttentionInputs(const runtime::ModelConfig& c, int64_t max_context, int max_batch, uint64_t seed,
+                           Allocator& device)
+      : row_(c.kv_size()), q_row_(c.q_size()), max_context_(max_context), max_batch_(max_batch) {
+    // The generator's shape and RoPE are the model's, so its keys are what the model's RoPE would
+    // give (plain rope_theta: a rope_scaling of the config is not applied).
+    params_.shape = attention::AttentionShape{c.num_heads, c.num_kv_heads, c.head_dim};
+    params_.rope_theta = c.rope_theta;
+    params_.seed = seed;
+    const size_t kv_bytes = size_t(max_context) * size_t(row_) * 2;
+    prompt_k_ = device.allocate(kv_bytes, MemoryPurpose::kWorkspace);
+    prompt_v_ = device.allocate(kv_bytes, MemoryPurpose::kWorkspace);
+    q_ = device.allocate(size_t(max_batch) * size_t(q_row_) * 2, MemoryPurpose::kWorkspace);
+    k_ = device.allocate(size_t(max_batch) * size_t(row_) * 2, MemoryPurpose::kWorkspace);
+    v_ = device.allocate(size_t(max_batch) * size_t(row_) * 2, MemoryPurpose::kWorkspace);
+  }
+
+  const attention::SyntheticParams& params() const { return params_; }
+  size_t device_bytes() const { return prompt_k_.size() + prompt_v_.size() + q_.size() + k_.size() + v_.size(); }
+
+  // A fresh generator for a context of ctx tokens (its needles lie in the prompt): generates and
+  // uploads the prompt's K/V; the override that reads them and the decode rows.
+  runtime::cuda::AttentionInputOverride start_context(int64_t ctx) {
+    RETRO_CHECK(ctx > 0 && ctx <= max_context_, "synthetic prompt of {} tokens (1..{})", ctx, max_context_);
+    params_.context_tokens = ctx;
+    attention::SyntheticWorkload workload(params_);
+    // In chunks: a long context's fp32 K/V would take gigabytes of host memory at once.
+    constexpr int64_t kChunk = 4096;
+    std::vector<float> kf(size_t(kChunk * row_)), vf(size_t(kChunk * row_));
+    std::vector<bf16> kb(kf.size()), vb(vf.size());
+    for (int64_t start = 0; start < ctx; start += kChunk) {
+      const int64_t n = std::min(kChunk, ctx - start);
+      const size_t elems = size_t(n * row_), offset = size_t(start * row_) * 2;
+      workload.next_kv(n, kf.data(), vf.data());
+      for (size_t i = 0; i < elems; ++i) {
+        kb[i] = float_to_bf16(kf[i]);
+        vb[i] = float_to_bf16(vf[i]);
+      }
+      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(prompt_k_.data()) + offset, kb.data(), elems * 2,
+                                  cudaMemcpyHostToDevice));
+      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(prompt_v_.data()) + offset, vb.data(), elems * 2,
+                                  cudaMemcpyHostToDevice));
+    }
+    // The model's stream does not wait for the default stream's copies.
+    RETRO_CUDA_CHECK(cudaDeviceSynchronize());
+    after_prompt_ = std::make_unique<attention::SyntheticWorkload>(workload);
+    runtime::cuda::AttentionInputOverride inputs;
+    inputs.prompt_k = prompt_k_.data();
+    inputs.prompt_v = prompt_v_.data();
+    inputs.prompt_tokens = ctx;
+    inputs.decode_q = q_.data();
+    inputs.decode_k = k_.data();
+    inputs.decode_v = v_.data();
+    return inputs;
+  }
+
+  // The decode inputs of `steps` steps of `batch` slots. Slot b's queries are draws [b * steps,
+  // (b + 1) * steps) of the generator's query stream, so each slot's query drifts step to step with
+  // the generator's correlation (interleaving the slots would give rho^batch). One K/V row per step,
+  // at the position every slot has then.
+  void plan_decode(int batch, int steps) {
+    RETRO_CHECK(after_prompt_ != nullptr, "synthetic decode inputs before a prompt");
+    RETRO_CHECK(batch >= 1 && batch <= max_batch_, "synthetic decode inputs of {} slots (1..{})", batch, max_batch_);
+    attention::SyntheticWorkload workload = *after_prompt_;
+    batch_ = batch;
+    steps_ = steps;
+    step_q_.assign(size_t(steps) * size_t(batch) * size_t(q_row_), bf16{});
+    step_k_.assign(size_t(steps) * size_t(row_), bf16{});
+    step_v_.assign(size_t(steps) * size_t(row_), bf16{});
+    std::vector<float> qf(static_cast<size_t>(q_row_)), kf(static_cast<size_t>(row_)), vf(static_cast<size_t>(row_));
+    for (int b = 0; b < batch; ++b) {
+      for (int s = 0; s < steps; ++s) {
+        workload.next_query(qf.data());
+        bf16* out = step_q_.data() + (size_t(s) * size_t(batch) + size_t(b)) * size_t(q_row_);
+        for (size_t i = 0; i < qf.size(); ++i) out[i] = float_to_bf16(qf[i]);
+      }
+    }
+    for (int s = 0; s < steps; ++s) {
+      workload.next_kv(1, kf.data(), vf.data());
+      for (size_t i = 0; i < kf.size(); ++i) {
+        step_k_[size_t(s) * size_t(row_) + i] = float_to_bf16(kf[i]);
+        step_v_[size_t(s) * size_t(row_) + i] = float_to_bf16(vf[i]);
+      }
+    }
+  }
+
+  // Fills the decode buffers with step s's rows, complete when this returns.
+  void upload_step(int s) {
+    RETRO_CHECK(s >= 0 && s < steps_, "synthetic decode step {} of {}", s, steps_);
+    const size_t q_bytes = size_t(batch_) * size_t(q_row_) * 2, row_bytes = size_t(row_) * 2;
+    RETRO_CUDA_CHECK(cudaMemcpy(q_.data(), step_q_.data() + size_t(s) * size_t(batch_) * size_t(q_row_), q_bytes,
+                                cudaMemcpyHostToDevice));
+    for (int b = 0; b < batch_; ++b) {
+      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(k_.data()) + size_t(b) * row_bytes,
+                                  step_k_.data() + size_t(s) * size_t(row_), row_bytes, cudaMemcpyHostToDevice));
+      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(v_.data()) + size_t(b) * row_bytes,
+                                  step_v_.data() + size_t(s) * size_t(row_), row_bytes, cudaMemcpyHostToDevice));
+    }
+    RETRO_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+ private:
+  int64_t row_, q_row_, max_context_;
+  int max_batch_;
+  attention::SyntheticParams params_;
+  std::unique_ptr<attention::SyntheticWorkload> after_prompt_;
+  Buffer prompt_k_, prompt_v_;  // [max_context, kv_heads, head_dim] bf16
+  Buffer q_, k_, v_;            // one step: [max_batch, q_heads | kv_heads, head_dim] bf16
+  int batch_ = 0, steps_ = 0;
+  std::vector<bf16> step_q_;          // [steps, batch, q_heads, head_dim]
+  std::vector<bf16> step_k_, step_v_;  // [steps, kv_heads, head_dim]
+};
+
 void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   auto gpus = query_gpus();
   RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
@@ -81,10 +215,19 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
   const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
   const bool wave = o.attention == "wave";
+  const bool synthetic = o.workload == "synthetic";
+  RETRO_CHECK(o.decode_tokens >= 1, "--decode-tokens must be >= 1, got {}", o.decode_tokens);
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
   runtime::ModelConfig config;
   auto weights = runtime::open_model(o.model, &config);
+  // Allocated before the model, so that the model's check of free device memory counts them.
+  std::unique_ptr<Allocator> input_memory;
+  std::unique_ptr<SyntheticAttentionInputs> inputs;
+  if (synthetic) {
+    input_memory = make_device_allocator(0);
+    inputs = std::make_unique<SyntheticAttentionInputs>(config, max_context, max_batch, o.seed, *input_memory);
+  }
   runtime::cuda::GpuModel model(config, *weights, 0, max_context + o.decode_tokens, gpu_options(o, max_batch));
   fmt::print("model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
              "step {}\n",
@@ -102,6 +245,16 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     fmt::print("device memory: {} weights, {} KV cache, {} activations\n", format_bytes(plan.weights),
                format_bytes(plan.kv_cache), format_bytes(plan.activations));
   }
+  if (synthetic) {
+    const attention::SyntheticParams& sp = inputs->params();
+    fmt::print("attention inputs: synthetic workload, seed {} (rope_theta {}, {} needles per KV head at logit {}, "
+               "queries AR(1) with rho {}); per context one prompt K/V for every slot and layer, per step one new K/V "
+               "row for every slot and one query per slot, the same in every layer ({} of device memory)\n",
+               sp.seed, sp.rope_theta, sp.num_needles, sp.needle_logit, sp.query_correlation,
+               format_bytes(inputs->device_bytes()));
+  } else {
+    fmt::print("attention inputs: the model's own, on random prompt tokens\n");
+  }
   fmt::print("\n");
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
@@ -114,7 +267,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     // a one-time cost, reported separately), then pages are reused by every later prompt.
     auto a = Clock::now();
     std::vector<int32_t> prompt(static_cast<size_t>(max_context));
-    for (auto& t : prompt) t = tok(rng);
+    // Its own generator: the timed prompts are then the same tokens in dense and wave runs.
+    std::mt19937 warm_up_rng(2);
+    for (auto& t : prompt) t = tok(warm_up_rng);
     for (int s = 0; s < max_batch; ++s) {
       model.reset(s);
       model.prefill(s, prompt, logits.data());
@@ -134,8 +289,15 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     fmt::print("|---|---|---|---|---|---|\n");
   }
   for (int64_t ctx : contexts) {
+    if (synthetic) {
+      auto a = Clock::now();
+      model.set_attention_override(inputs->start_context(ctx));
+      fmt::print("(synthetic K/V of {} tokens generated in {:.1f} s, untimed)\n", ctx,
+                 std::chrono::duration<double>(Clock::now() - a).count());
+    }
     for (int64_t bs : batches) {
-      // Every sequence of the batch gets its own random prompt of ctx tokens.
+      // Every sequence of the batch gets its own random prompt of ctx tokens (with synthetic inputs,
+      // the tokens still drive every op but attention).
       double prefill_s = 0;
       std::vector<int32_t> next(static_cast<size_t>(bs));
       for (int s = 0; s < bs; ++s) {
@@ -147,22 +309,29 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
         next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data(), vocab));
       }
-      // Cache counters are read before and after the timed steps, never inside one.
+      if (synthetic) inputs->plan_decode(int(bs), o.decode_tokens);
+      // Cache counters are read before and after the timed steps, never inside one; synthetic inputs
+      // are uploaded between steps, untimed.
       const attention::cuda::WaveCacheCounters before = wave ? model.wave_cache_counters() : attention::cuda::WaveCacheCounters{};
-      auto b = Clock::now();
+      double decode_ms = 0;
       for (int i = 0; i < o.decode_tokens; ++i) {
+        if (synthetic) inputs->upload_step(i);
+        auto b = Clock::now();
         model.decode(next, logits.data());
         for (int s = 0; s < bs; ++s)
           next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
+        decode_ms += std::chrono::duration<double, std::milli>(Clock::now() - b).count();
       }
-      const double step_ms = std::chrono::duration<double, std::milli>(Clock::now() - b).count() / o.decode_tokens;
+      const double step_ms = decode_ms / o.decode_tokens;
       const double prefill_tps = double(ctx * bs) / prefill_s, decode_tps = double(bs) * 1e3 / step_ms;
       nlohmann::ordered_json row{{"bench", "model"},          {"backend", "cuda"},
                                  {"attention", o.attention},    {"model", o.model},
                                  {"device", gpus[0].name},      {"context", ctx},
                                  {"batch", bs},                 {"prefill_s", prefill_s},
                                  {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
-                                 {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager}};
+                                 {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
+                                 {"workload", o.workload}};
+      if (synthetic) row["seed"] = o.seed;
       if (!wave) {
         fmt::print("| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} |\n", ctx, bs, prefill_s, prefill_tps, step_ms,
                    decode_tps);
@@ -228,6 +397,12 @@ void register_gpu_model_bench(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--cache-gib", o->cache_gib, "Wave cluster cache size in GiB (overrides --cache-fraction)");
   cmd->add_option("--host-gib", o->host_gib, "Pinned host memory for offloaded K/V in GiB (0: bounded by the system)");
+  cmd->add_option("--workload", o->workload,
+                  "Attention inputs: synthetic (the synthetic workload generator's prompt K/V and drifting queries "
+                  "in place of the model's own) or random (the model's own on random tokens)")
+      ->check(CLI::IsMember({"synthetic", "random"}))
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Synthetic workload seed")->capture_default_str();
   cmd->callback([o] {
 #ifdef RETRO_WITH_CUDA
     run_gpu_model_bench(*o);

@@ -184,6 +184,21 @@ struct GpuModel::Impl {
   };
   std::vector<DecodeStep> steps;  // index: batch size
   float attention_scaling = 1.0f;
+  // Benchmarking: attention inputs in place of the projections' (all null: off).
+  AttentionInputOverride inputs_override;
+
+  // The decode step's attention inputs: the projections' scratch rows, or the override's rows.
+  const void* decode_q() const { return inputs_override.decode_q ? inputs_override.decode_q : q.data(); }
+  const void* decode_k() const { return inputs_override.decode_k ? inputs_override.decode_k : k_new.data(); }
+  const void* decode_v() const { return inputs_override.decode_v ? inputs_override.decode_v : v_new.data(); }
+
+  // A prompt of `end` positions must lie inside the override's prompt K/V.
+  void check_prompt_override(int64_t end) const {
+    if (!inputs_override.prompt_k) return;
+    RETRO_CHECK(end <= inputs_override.prompt_tokens,
+                "the attention input override holds prompt K/V of {} tokens, the prompt reaches position {}",
+                inputs_override.prompt_tokens, end);
+  }
 
   Buffer upload_weight(const WeightSource& w, const std::string& name) {
     WeightInfo info = w.info(name);
@@ -282,15 +297,17 @@ struct GpuModel::Impl {
     for (size_t l = 0; l < layers.size(); ++l) {
       Layer& L = layers[l];
       if (decode_step) {
+        // With an override the projections still run (their time is real) but attention reads the
+        // override's rows: the pointers are fixed when the step is captured.
         attention_inputs(L, x.data(), n, pos, k_new.data(), v_new.data());
         if (wave_mode) {
-          wave_kv[l]->append(k_new.data(), v_new.data(), int(n), stream);
-          wave_kv[l]->attend(q.data(), attn.data(), nullptr, int(n), sm_scale(), cache, stream);
+          wave_kv[l]->append(decode_k(), decode_v(), int(n), stream);
+          wave_kv[l]->attend(decode_q(), attn.data(), nullptr, int(n), sm_scale(), cache, stream);
         } else {
-          RETRO_CUDA_CHECK(append_kv(k_new.data(), v_new.data(), L.k_cache.data(), L.v_cache.data(), pos, n, nkv * d,
+          RETRO_CUDA_CHECK(append_kv(decode_k(), decode_v(), L.k_cache.data(), L.v_cache.data(), pos, n, nkv * d,
                                      slot_elems, stream));
           attention::cuda::DecodeAttentionParams a;
-          a.q = q.data();
+          a.q = decode_q();
           a.q_stride_batch = nq * d;
           a.k = L.k_cache.data();
           a.v = L.v_cache.data();
@@ -311,6 +328,14 @@ struct GpuModel::Impl {
         char* k_slot = bf(L.k_cache) + size_t(slot) * slot_elems * 2;
         char* v_slot = bf(L.v_cache) + size_t(slot) * slot_elems * 2;
         attention_inputs(L, x.data(), n, pos, k_slot + length * nkv * d * 2, v_slot + length * nkv * d * 2);
+        if (inputs_override.prompt_k) {
+          // The cache keeps the rows for decode, so the override's rows are copied over the projected ones.
+          const size_t offset = size_t(length * nkv * d) * 2, bytes = size_t(n * nkv * d) * 2;
+          RETRO_CUDA_CHECK(cudaMemcpyAsync(k_slot + offset, static_cast<const char*>(inputs_override.prompt_k) + offset,
+                                           bytes, cudaMemcpyDeviceToDevice, stream));
+          RETRO_CUDA_CHECK(cudaMemcpyAsync(v_slot + offset, static_cast<const char*>(inputs_override.prompt_v) + offset,
+                                           bytes, cudaMemcpyDeviceToDevice, stream));
+        }
         attention::cuda::PrefillAttentionParams a;
         a.q = q.data();
         a.q_stride_token = nq * d;
@@ -337,6 +362,7 @@ struct GpuModel::Impl {
     check_step(slot, tokens, n);
     RETRO_CHECK(n > 0 && n <= max_chunk, "GPU prefill of {} tokens (1..{} per step)", n, max_chunk);
     int64_t& length = lengths[size_t(slot)];
+    check_prompt_override(length + n);
     std::vector<int64_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = length + i;
     RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), tokens, size_t(n) * 4, cudaMemcpyHostToDevice, stream));
@@ -358,9 +384,14 @@ struct GpuModel::Impl {
                 "wave attention builds a slot's index from its whole prompt: slot {} already holds {} tokens "
                 "(reset it first)",
                 slot, lengths[size_t(slot)]);
+    check_prompt_override(n);
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, row = nkv * d;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
+    // With an override the projections still fill prompt_k/prompt_v (their time is real), but the
+    // chunks attend over, and the index is built from, the override's rows.
+    const void* attend_k = inputs_override.prompt_k ? inputs_override.prompt_k : prompt_k.data();
+    const void* attend_v = inputs_override.prompt_v ? inputs_override.prompt_v : prompt_v.data();
     std::vector<int64_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = i;
     try {
@@ -378,8 +409,8 @@ struct GpuModel::Impl {
           attention::cuda::PrefillAttentionParams a;
           a.q = q.data();
           a.q_stride_token = nq * d;
-          a.k = prompt_k.data();
-          a.v = prompt_v.data();
+          a.k = attend_k;
+          a.v = attend_v;
           a.kv_stride_token = row;
           a.kv_stride_head = d;
           a.out = attn.data();
@@ -392,7 +423,7 @@ struct GpuModel::Impl {
           attention::cuda::run_prefill_attention(a, stream);
           attention_output_and_mlp(L, xs, m);
         }
-        wave_kv[l]->build(slot, prompt_k.data(), prompt_v.data(), n, row, stream);
+        wave_kv[l]->build(slot, attend_k, attend_v, n, row, stream);
       }
       if (host_logits != nullptr) project_logits(bf(hidden) + (n - 1) * h * 2, 1);
       RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -440,7 +471,7 @@ struct GpuModel::Impl {
     cudaGraph_t g = nullptr;
     RETRO_CUDA_CHECK(cudaStreamBeginCapture(count_stream, cudaStreamCaptureModeThreadLocal));
     try {
-      for (auto& kv : wave_kv) kv->append(k_new.data(), v_new.data(), batch, count_stream);
+      for (auto& kv : wave_kv) kv->append(decode_k(), decode_v(), batch, count_stream);
     } catch (...) {
       cudaStreamEndCapture(count_stream, &g);
       if (g) cudaGraphDestroy(g);
@@ -494,6 +525,30 @@ struct GpuModel::Impl {
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int b = 0; b < batch; ++b) lengths[size_t(b)] += 1;
     std::copy_n(h_logits, size_t(batch) * size_t(config.vocab_size), host_logits);
+  }
+
+  void set_attention_override(const AttentionInputOverride& o) {
+    const bool prompt = o.prompt_k || o.prompt_v;
+    RETRO_CHECK(!prompt || (o.prompt_k && o.prompt_v && o.prompt_tokens > 0),
+                "attention input override: prompt_k and prompt_v go together, with prompt_tokens > 0 (got {})",
+                o.prompt_tokens);
+    const bool decode = o.decode_q || o.decode_k || o.decode_v;
+    RETRO_CHECK(!decode || (o.decode_q && o.decode_k && o.decode_v),
+                "attention input override: decode_q, decode_k and decode_v go together");
+    const AttentionInputOverride& old = inputs_override;
+    if (o.decode_q != old.decode_q || o.decode_k != old.decode_k || o.decode_v != old.decode_v) {
+      // Captured steps hold the old addresses; each batch size is captured again on its next step.
+      RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+      for (DecodeStep& step : steps) {
+        if (step.graph) RETRO_CUDA_CHECK(cudaGraphExecDestroy(step.graph));
+        step.graph = nullptr;
+      }
+    }
+    inputs_override = o;
+    if (!prompt) {
+      inputs_override.prompt_k = inputs_override.prompt_v = nullptr;
+      inputs_override.prompt_tokens = 0;
+    }
   }
 
   void check_wave(const char* what) const {
@@ -720,6 +775,9 @@ void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits)
 }
 
 void GpuModel::decode(std::span<const int32_t> tokens, float* logits) { impl_->decode_tokens(tokens, logits); }
+
+void GpuModel::set_attention_override(const AttentionInputOverride& inputs) { impl_->set_attention_override(inputs); }
+const AttentionInputOverride& GpuModel::attention_override() const { return impl_->inputs_override; }
 
 attention::cuda::WaveKvStats GpuModel::wave_stats(int batch) const {
   const Impl& m = *impl_;

@@ -42,6 +42,30 @@ struct GpuModelOptions {
   size_t host_capacity_bytes = 0;              // pinned host memory for clustered K/V (0: the system's)
 };
 
+// Benchmarking only: attention inputs that take the place of the model's own. With synthetic
+// (random) weights every query is random, so no cluster cache hits and decode speed says nothing about
+// real use; a benchmark fills these from a workload that looks real (attention/synthetic.h) while every
+// other op (projections, RoPE, norms, O projection, MLP, LM head) still runs, so the step time stays
+// real. Pointers are bf16 device memory on the model's device, owned by the caller, read in place
+// (never copied at set time) and valid while set. A null pair or triple leaves the model's own inputs.
+struct AttentionInputOverride {
+  // Prefill: K (after RoPE) and V of prompt positions [0, prompt_tokens), [prompt_tokens, kv_heads,
+  // head_dim], used by every layer. Dense: rows [p, p + n) of a chunk at positions p.. are what enters
+  // the slot's KV cache (and what the chunk attends); wave: what each layer's index is built from. A
+  // prompt longer than prompt_tokens is an error. The prompt's queries stay the model's own.
+  const void* prompt_k = nullptr;
+  const void* prompt_v = nullptr;
+  int64_t prompt_tokens = 0;
+  // Decode: row b is slot b's input in every layer of every step: q [max_batch, q_heads, head_dim]
+  // after RoPE, k [max_batch, kv_heads, head_dim] after RoPE and v (same shape), the new token's K/V.
+  // The step (captured or not) reads them at these fixed addresses, so the caller refills them
+  // between decode() calls; writes must be complete before decode() is called (the model's stream
+  // waits for no other stream).
+  const void* decode_q = nullptr;
+  const void* decode_k = nullptr;
+  const void* decode_v = nullptr;
+};
+
 // Device bytes a GpuModel of this shape needs, by purpose.
 struct GpuModelMemoryPlan {
   size_t weights = 0;
@@ -92,6 +116,12 @@ class GpuModel {
   // Wave: every slot needs its prompt first; due update segments are clustered before the step.
   void decode(std::span<const int32_t> tokens, float* logits);
   void decode(int32_t token, float* logits) { decode(std::span<const int32_t>(&token, 1), logits); }
+
+  // Benchmarking facility (off by default, no cost when off): replaces the attention inputs of later
+  // prefills and decode steps, in both modes; AttentionInputOverride{} turns it off. Captured decode
+  // steps are captured again when the decode pointers change. The buffers are not in memory_plan().
+  void set_attention_override(const AttentionInputOverride& inputs);
+  const AttentionInputOverride& attention_override() const;
 
   // Wave mode (retro::Error in dense mode); each synchronises the model's stream, so call them
   // between steps.

@@ -2,7 +2,8 @@
 // float32 reference logits and greedy continuations; wave attention against dense attention on the
 // GPU: with every cluster retrieved it is exact attention (logits within bf16 tolerance through
 // prefill, update segments, batching and slot reuse), and at the default budgets it answers needle
-// prompts as dense does. Label gpu.
+// prompts as dense does. The benchmark's attention input override replaces what attention reads in
+// both modes. Label gpu.
 
 #include <gtest/gtest.h>
 
@@ -19,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "attention/synthetic.h"
+#include "runtime/core/dtype.h"
 #include "runtime/core/system_info.h"
 #include "runtime/needle_eval.h"
 #include "runtime/open_model.h"
@@ -27,6 +30,8 @@
 #include "runtime/sampler.h"
 
 #ifdef RETRO_WITH_CUDA
+#include <cuda_runtime.h>
+
 #include "runtime/cuda/gpu_model.h"
 #endif
 
@@ -418,6 +423,174 @@ TEST_F(NeedleModelGpu, WaveSlotMisuseIsAClearError) {
   EXPECT_EQ(wave.length(0), 210);
   for (float v : std::span<const float>(logits.data(), size_t(config.vocab_size))) ASSERT_FALSE(std::isnan(v));
   EXPECT_THROW(model_->wave_stats(1), Error);  // the fixture's model is dense
+}
+
+// bf16 rows on the device, filled from fp32 host values.
+class DeviceRows {
+ public:
+  explicit DeviceRows(size_t elems) : elems_(elems) {
+    EXPECT_EQ(cudaMalloc(&ptr_, elems * 2), cudaSuccess);
+  }
+  ~DeviceRows() { cudaFree(ptr_); }
+  DeviceRows(const DeviceRows&) = delete;
+  DeviceRows& operator=(const DeviceRows&) = delete;
+  const void* get() const { return ptr_; }
+  // Complete on return: the models' streams wait for no other stream.
+  void upload(const std::vector<float>& x) {
+    ASSERT_EQ(x.size(), elems_);
+    std::vector<bf16> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = float_to_bf16(x[i]);
+    ASSERT_EQ(cudaMemcpy(ptr_, b.data(), b.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t elems_;
+};
+
+// The attention input override (the benchmark's synthetic workload) in both modes. Three models see the
+// same prompts and tokens: dense and wave (every cluster retrieved) with the whole override, and dense
+// with the prompt K/V only. With the override dense and wave logits agree (so both read the override's
+// rows), prefill logits differ from those without it (prompt K/V replaced) and decode logits differ
+// from the prompt-only model's (decode q/k/v replaced). The dense model first captures its step
+// without the override and ends without it again, so a captured step follows the override both ways.
+void expect_override_replaces_attention_inputs(bool use_cuda_graph) {
+  ModelConfig config;
+  auto weights = open_model(kModelDir.string(), &config);
+  SafetensorsFile reference(kModelDir / "reference.safetensors");
+  Tensor ids_t = reference.mapped("ids_4k");
+  const std::vector<int32_t> all(ids_t.data_as<int32_t>(), ids_t.data_as<int32_t>() + ids_t.numel());
+  constexpr int64_t kPrompt = 2600, kMaxTokens = 4096;
+  constexpr int kSteps = 260;  // two update segments (128 tokens each) clustered while decoding
+  ASSERT_GE(all.size(), size_t(kPrompt) + 1200);
+  const std::vector<std::vector<int32_t>> prompts = {
+      std::vector<int32_t>(all.begin(), all.begin() + kPrompt),
+      std::vector<int32_t>(all.begin() + 1200, all.begin() + 1200 + kPrompt)};
+  cuda::GpuModel dense(config, *weights, 0, kMaxTokens, /*max_chunk=*/512, use_cuda_graph, /*max_batch=*/2);
+  cuda::GpuModel prompt_only(config, *weights, 0, kMaxTokens, /*max_chunk=*/512, use_cuda_graph, /*max_batch=*/2);
+  cuda::GpuModel wave(config, *weights, 0, kMaxTokens, full_retrieval_wave(2, use_cuda_graph));
+  EXPECT_EQ(dense.attention_override().prompt_k, nullptr);  // off by default
+  EXPECT_EQ(dense.attention_override().decode_q, nullptr);
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  const size_t row = size_t(config.kv_size()), q_row = size_t(config.q_size());
+
+  // Without the override; the batch-2 step is captured reading the projections.
+  std::vector<float> plain(2 * vocab), plain_step(2 * vocab);
+  for (int s = 0; s < 2; ++s) dense.prefill(s, prompts[size_t(s)], plain.data() + size_t(s) * vocab);
+  const std::vector<int32_t> first = {argmax(std::span<const float>(plain.data(), vocab)),
+                                      argmax(std::span<const float>(plain.data() + vocab, vocab))};
+  dense.decode(first, plain_step.data());
+
+  attention::SyntheticParams sp;
+  sp.shape = attention::AttentionShape{config.num_heads, config.num_kv_heads, config.head_dim};
+  sp.context_tokens = kPrompt;
+  sp.rope_theta = config.rope_theta;
+  sp.seed = 7;
+  attention::SyntheticWorkload workload(sp);
+  std::vector<float> kf(size_t(kPrompt) * row), vf(kf.size());
+  workload.next_kv(kPrompt, kf.data(), vf.data());
+  DeviceRows prompt_k(kf.size()), prompt_v(vf.size()), q(2 * q_row), k(2 * row), v(2 * row);
+  prompt_k.upload(kf);
+  prompt_v.upload(vf);
+  if (::testing::Test::HasFatalFailure()) return;
+  cuda::AttentionInputOverride prompt_inputs;
+  prompt_inputs.prompt_k = prompt_k.get();
+  prompt_inputs.prompt_v = prompt_v.get();
+  prompt_inputs.prompt_tokens = kPrompt;
+  cuda::AttentionInputOverride inputs = prompt_inputs;
+  inputs.decode_q = q.get();
+  inputs.decode_k = k.get();
+  inputs.decode_v = v.get();
+  dense.set_attention_override(inputs);
+  prompt_only.set_attention_override(prompt_inputs);
+  wave.set_attention_override(inputs);
+
+  // Replaced inputs differ by far more than bf16 rounding: whole attention outputs change.
+  constexpr float kReplaced = kBf16LogitTolerance;
+  std::vector<float> dl(2 * vocab), pl(2 * vocab), wl(2 * vocab);
+  dense.reset(0);
+  dense.reset(1);
+  for (int s = 0; s < 2; ++s) {
+    const size_t at = size_t(s) * vocab;
+    dense.prefill(s, prompts[size_t(s)], dl.data() + at);
+    prompt_only.prefill(s, prompts[size_t(s)], pl.data() + at);
+    wave.prefill(s, prompts[size_t(s)], wl.data() + at);
+    const float wave_diff = max_abs_diff(dl.data() + at, wl.data() + at, vocab);
+    const float replaced = max_abs_diff(dl.data() + at, plain.data() + at, vocab);
+    std::cout << "prefill of slot " << s << " with the override: max |wave - dense| = " << wave_diff
+              << ", max |override - none| = " << replaced << std::endl;
+    EXPECT_LT(wave_diff, 1e-2f) << "slot " << s;
+    EXPECT_GT(replaced, kReplaced) << "slot " << s;
+    EXPECT_EQ(max_abs_diff(dl.data() + at, pl.data() + at, vocab), 0.0f) << "slot " << s;
+  }
+
+  // Decode: each step's q and new K/V rows come from the workload (a query per slot, K/V per slot).
+  constexpr float kWaveStep = 0.25f, kWaveMean = 0.05f;  // as in expect_full_retrieval_wave_matches_dense
+  std::vector<float> qf(2 * q_row), knf(2 * row), vnf(2 * row);
+  float worst = 0.0f, least_replaced = INFINITY;
+  double sum_diff = 0.0;
+  for (int step = 0; step < kSteps; ++step) {
+    for (int b = 0; b < 2; ++b) {
+      workload.next_query(qf.data() + size_t(b) * q_row);
+      workload.next_kv(1, knf.data() + size_t(b) * row, vnf.data() + size_t(b) * row);
+    }
+    q.upload(qf);
+    k.upload(knf);
+    v.upload(vnf);
+    if (::testing::Test::HasFatalFailure()) return;
+    const std::vector<int32_t> next = {argmax(std::span<const float>(dl.data(), vocab)),
+                                       argmax(std::span<const float>(dl.data() + vocab, vocab))};
+    dense.decode(next, dl.data());
+    prompt_only.decode(next, pl.data());
+    wave.decode(next, wl.data());
+    for (int s = 0; s < 2; ++s) {
+      const size_t at = size_t(s) * vocab;
+      const float diff = max_abs_diff(dl.data() + at, wl.data() + at, vocab);
+      worst = std::max(worst, diff);
+      sum_diff += diff;
+      ASSERT_LT(diff, kWaveStep) << "step " << step << " slot " << s;
+      if (step == 0) {
+        // The same KV history so far: only the step's own q/k/v tell the two dense models apart.
+        least_replaced = std::min(least_replaced, max_abs_diff(dl.data() + at, pl.data() + at, vocab));
+      }
+    }
+  }
+  std::cout << "decode with the override, wave (every cluster retrieved) against dense over " << kSteps
+            << " steps: mean |logit diff| " << sum_diff / (2 * kSteps) << ", max " << worst
+            << "; first step against the prompt-only override: " << least_replaced << std::endl;
+  EXPECT_LT(sum_diff / (2 * kSteps), kWaveMean);
+  EXPECT_GT(least_replaced, kReplaced);
+  const attention::cuda::WaveKvStats st = wave.wave_stats(2);
+  EXPECT_EQ(st.retrieved_clusters, st.non_empty_clusters);
+  EXPECT_GT(st.clusters, 0);
+
+  // Misuse: a prompt past the override's K/V, half an override.
+  wave.reset(0);
+  const std::vector<int32_t> longer(all.begin(), all.begin() + kPrompt + 1);
+  EXPECT_THROW(wave.prefill(0, longer, wl.data()), Error);
+  EXPECT_EQ(wave.length(0), 0);
+  cuda::AttentionInputOverride half = inputs;
+  half.decode_v = nullptr;
+  EXPECT_THROW(wave.set_attention_override(half), Error);
+  EXPECT_EQ(wave.attention_override().decode_v, v.get());  // unchanged
+
+  // Off again: the same logits as before the override, prefill and the captured step.
+  dense.set_attention_override({});
+  dense.reset(0);
+  dense.reset(1);
+  for (int s = 0; s < 2; ++s) dense.prefill(s, prompts[size_t(s)], dl.data() + size_t(s) * vocab);
+  EXPECT_EQ(dl, plain);
+  dense.decode(first, dl.data());
+  EXPECT_EQ(dl, plain_step);
+}
+
+TEST_F(NeedleModelGpu, AttentionInputOverrideReplacesWhatAttentionReads) {
+  expect_override_replaces_attention_inputs(true);
+}
+
+TEST_F(NeedleModelGpu, AttentionInputOverrideReplacesWhatAttentionReadsEagerLaunches) {
+  expect_override_replaces_attention_inputs(false);
 }
 
 #else
