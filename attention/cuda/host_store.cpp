@@ -133,6 +133,7 @@ HostStoreView HostKvStore::view() const {
   v.v_pages = static_cast<const void* const*>(v_table_.data());
   v.max_pages = max_pages_;
   v.page_rows = page_rows_;
+  v.elem_bytes = int(elem_bytes_);
   return v;
 }
 

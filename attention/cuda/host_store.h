@@ -61,8 +61,9 @@ class HostPagePool {
 
 class HostKvStore {
  public:
-  // num_groups groups of head_dim-wide rows of elem_bytes each (2: bf16); up to max_rows rows per
-  // group. The page tables are allocated on the device from device_allocator (kIndex).
+  // num_groups groups of head_dim-wide rows of elem_bytes each (2: bf16, 1: fp8-e4m3, whose pages
+  // then hold twice the rows); up to max_rows rows per group. The page tables are allocated on the
+  // device from device_allocator (kIndex).
   HostKvStore(int num_groups, int head_dim, size_t elem_bytes, int64_t max_rows, HostPagePool& pool,
               Allocator& device_allocator);
   ~HostKvStore();
@@ -79,6 +80,7 @@ class HostKvStore {
   HostStoreView view() const;
   int64_t capacity_rows(int group) const;
   int64_t page_rows() const { return page_rows_; }
+  size_t elem_bytes() const { return elem_bytes_; }
   int max_pages() const { return max_pages_; }
   // Host address of row r of group g (K or V): where the CPU twin and the tests read the store.
   void* row(int group, int64_t r, bool value) const;

@@ -3,6 +3,8 @@
 
 #include "attention/cuda/wave_cache.h"
 
+#include <algorithm>
+
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
 
@@ -22,15 +24,21 @@ void check_view(const WaveCacheView& c) {
 
 }  // namespace
 
+size_t wave_cache_slot_bytes(const WaveBufferParams& params, int head_dim) {
+  return size_t(2) * size_t(std::max(params.slot_tokens, 0)) * size_t(std::max(head_dim, 0)) *
+         size_t(wave_kv_elem_bytes(params.kv_dtype));
+}
+
 WaveCacheLayout plan_wave_cache(const WaveBufferParams& params, int head_dim, size_t offloaded_kv_bytes) {
   RETRO_CHECK(head_dim == 64 || head_dim == 128, "wave cache: head_dim {} (built for 64 and 128)", head_dim);
+  RETRO_CHECK(wave_kv_elem_bytes(params.kv_dtype) > 0, "wave cache: kv_dtype {} (bf16 or fp8_e4m3)",
+              dtype_name(params.kv_dtype));
   RETRO_CHECK(params.slot_tokens >= 1 && params.slot_tokens <= 4096, "wave cache: slot_tokens {} (1 to 4096)",
               params.slot_tokens);
   RETRO_CHECK(params.ways >= 1 && params.ways <= 64, "wave cache: ways {} (1 to 64)", params.ways);
   RETRO_CHECK(params.num_slots >= 0 && params.kv_fraction >= 0.0, "wave cache: num_slots {}, kv_fraction {}",
               params.num_slots, params.kv_fraction);
-  // K and V rows of one slot.
-  const size_t slot_bytes = size_t(2) * params.slot_tokens * head_dim * 2;
+  const size_t slot_bytes = wave_cache_slot_bytes(params, head_dim);
   int64_t slots = params.num_slots;
   if (slots == 0) {
     const double bytes = params.cache_bytes > 0 ? double(params.cache_bytes)
@@ -41,6 +49,7 @@ WaveCacheLayout plan_wave_cache(const WaveBufferParams& params, int head_dim, si
   L.head_dim = head_dim;
   L.slot_tokens = params.slot_tokens;
   L.ways = params.ways;
+  L.kv_dtype = params.kv_dtype;
   L.num_sets = slots / params.ways;
   RETRO_CHECK(L.num_sets >= 1, "wave cache: {} slots of {} bytes do not make one set of {} ways", slots, slot_bytes,
               params.ways);
@@ -73,6 +82,7 @@ WaveCacheView init_wave_cache(const WaveCacheLayout& layout, void* memory, cudaS
   c.slot_tokens = layout.slot_tokens;
   c.ways = layout.ways;
   c.num_sets = layout.num_sets;
+  c.kv_dtype = layout.kv_dtype;
   c.k_slots = base + layout.k_offset;
   c.v_slots = base + layout.v_offset;
   c.tags = reinterpret_cast<uint64_t*>(base + layout.tags_offset);

@@ -37,6 +37,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "runtime/core/dtype.h"
+
 namespace retro::attention::cuda {
 
 struct WaveBufferParams {
@@ -50,7 +52,18 @@ struct WaveBufferParams {
   int64_t num_slots = 0;
   size_t cache_bytes = 0;
   double kv_fraction = 0.05;
+  // Element type of the host store and of the cache slots: kBF16, or kFP8E4M3 with one fp32 scale
+  // per cluster for its K rows and one for its V rows (max |x| / 448 over the cluster's rows). fp8
+  // halves the bytes read over PCIe, the host memory and the bytes of a slot (the same cache bytes
+  // hold twice the slots).
+  DType kv_dtype = DType::kBF16;
 };
+
+// Bytes of one element of the host store and the slots: 2 (bf16) or 1 (fp8-e4m3); 0 for a dtype
+// the wave buffer does not store.
+constexpr int wave_kv_elem_bytes(DType kv_dtype) {
+  return kv_dtype == DType::kBF16 ? 2 : kv_dtype == DType::kFP8E4M3 ? 1 : 0;
+}
 
 // The tag of a part packs the group uid, the cluster id and the part index. A part whose fields do
 // not fit (uid >= kWaveCacheMaxUid, a cluster id or a part index too large) is never cached: it is
@@ -103,8 +116,9 @@ struct WaveCacheView {
   int slot_tokens = 0;
   int ways = 0;
   int64_t num_sets = 0;                    // slot s = set * ways + way
-  void* k_slots = nullptr;                 // [num_sets * ways, slot_tokens, head_dim] bf16
-  void* v_slots = nullptr;                 // [num_sets * ways, slot_tokens, head_dim] bf16
+  DType kv_dtype = DType::kBF16;           // of the slot rows: bf16, or fp8-e4m3 as the host store holds them
+  void* k_slots = nullptr;                 // [num_sets * ways, slot_tokens, head_dim] kv_dtype
+  void* v_slots = nullptr;                 // [num_sets * ways, slot_tokens, head_dim] kv_dtype
   uint64_t* tags = nullptr;                // [num_sets * ways] kWaveTagEmpty when free
   unsigned long long* stamps = nullptr;    // [num_sets * ways] step of the last use; 0: never used
   unsigned long long* step = nullptr;      // [1] the current step (the first lookup runs at step 1)
@@ -117,6 +131,7 @@ struct WaveCacheLayout {
   int slot_tokens = 0;
   int ways = 0;
   int64_t num_sets = 0;
+  DType kv_dtype = DType::kBF16;
   size_t k_offset = 0, v_offset = 0, tags_offset = 0, stamps_offset = 0, step_offset = 0, counters_offset = 0;
   size_t bytes = 0;  // the allocation to make
 
@@ -133,9 +148,13 @@ struct WaveCacheCounters {
   uint64_t step = 0;  // lookups run so far (the device step counter)
 };
 
-// Slots = params.num_slots, or the bytes of params (see WaveBufferParams) over the bytes of a slot,
-// rounded down to whole sets. offloaded_kv_bytes: K and V bytes the host store of the worker holds
-// (only read when neither num_slots nor cache_bytes is set). Throws when not even one set fits.
+// K and V rows of one slot: 2 * slot_tokens * head_dim elements of params.kv_dtype.
+size_t wave_cache_slot_bytes(const WaveBufferParams& params, int head_dim);
+
+// Slots = params.num_slots, or the bytes of params (see WaveBufferParams) over the bytes of a slot
+// (wave_cache_slot_bytes), rounded down to whole sets. offloaded_kv_bytes: K and V bytes the host
+// store of the worker holds (only read when neither num_slots nor cache_bytes is set). Throws when
+// not even one set fits, or for a kv_dtype other than bf16 and fp8-e4m3.
 WaveCacheLayout plan_wave_cache(const WaveBufferParams& params, int head_dim, size_t offloaded_kv_bytes = 0);
 
 // Lays the cache out in `memory` (device, layout.bytes, 256-byte aligned) and empties it: every slot

@@ -35,6 +35,8 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
   RETRO_CHECK(shape.head_dim == 64 || shape.head_dim == 128, "wave KV: head_dim {} (built for 64 and 128)",
               shape.head_dim);
   RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
+  const int elem_bytes = wave_kv_elem_bytes(buffer.kv_dtype);
+  RETRO_CHECK(elem_bytes > 0, "wave KV: kv_dtype {} (bf16 or fp8_e4m3)", dtype_name(buffer.kv_dtype));
   group_size_ = shape.num_q_heads / shape.num_kv_heads;
   const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
   steady_capacity_ = int64_t(params_.sink_tokens) + params_.window_tokens + params_.update_segment_tokens;
@@ -44,7 +46,7 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
   cluster_capacity_ = shape.max_tokens / params_.tokens_per_cluster + shape.max_tokens / min_segment + 2;
   slots_.resize(size_t(shape.max_batch));
 
-  store_ = std::make_unique<HostKvStore>(groups, d, 2, shape.max_tokens, pool, device_allocator);
+  store_ = std::make_unique<HostKvStore>(groups, d, size_t(elem_bytes), shape.max_tokens, pool, device_allocator);
   const size_t steady_bytes = size_t(shape.max_batch) * steady_capacity_ * hk * d * 2;
   k_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
   v_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
@@ -56,6 +58,10 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
   begins_ = alloc(device_allocator, entries * 8, MemoryPurpose::kIndex);
   num_clusters_ = alloc(device_allocator, size_t(groups) * 4, MemoryPurpose::kIndex);
   uids_ = alloc(device_allocator, size_t(groups) * 8, MemoryPurpose::kIndex);
+  if (buffer.kv_dtype == DType::kFP8E4M3) {
+    k_scales_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
+    v_scales_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
+  }
   RETRO_CUDA_CHECK(cudaMemset(steady_len_.data(), 0, steady_len_.size()));
   RETRO_CUDA_CHECK(cudaMemset(num_clusters_.data(), 0, num_clusters_.size()));
   RETRO_CUDA_CHECK(cudaMemset(sizes_.data(), 0, sizes_.size()));
@@ -129,8 +135,16 @@ void WaveLayerKv::add_segment(int slot, const void* k, const void* v, int64_t n,
   run_wave_build(in, out, plan, build_ws_.data(), stream);
   RETRO_CUDA_CHECK(offset_cluster_begins(out.cluster_begin, hk, cluster_capacity_, plan.num_clusters, s.clustered, stream));
   for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + n, stream);
-  RETRO_CUDA_CHECK(store_clustered_rows(k, v, d, stride_token, out.order, hk, n, d, store_->view(), slot * hk,
-                                        s.clustered, stream));
+  if (k_scales_) {
+    // The scale of a cluster needs its rows, known once the build has ordered them.
+    RETRO_CUDA_CHECK(store_clustered_rows_fp8(k, v, d, stride_token, out.order, hk, n, d, out.sizes, out.cluster_begin,
+                                              cluster_capacity_, plan.num_clusters, ptr<float>(k_scales_) + first,
+                                              ptr<float>(v_scales_) + first, store_->view(), slot * hk, s.clustered,
+                                              stream));
+  } else {
+    RETRO_CUDA_CHECK(store_clustered_rows(k, v, d, stride_token, out.order, hk, n, d, store_->view(), slot * hk,
+                                          s.clustered, stream));
+  }
   s.clustered += n;
   s.clusters += plan.num_clusters;
 }
@@ -254,6 +268,10 @@ void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float 
   index.value_sums = ptr<float>(value_sums_);
   index.sizes = ptr<int32_t>(sizes_);
   index.cluster_begin = ptr<int64_t>(begins_);
+  if (k_scales_) {
+    index.k_scales = ptr<float>(k_scales_);
+    index.v_scales = ptr<float>(v_scales_);
+  }
 
   const WaveSelectPlan& sp = *select_plans_[size_t(batch - 1)];
   WaveSelection sel;
@@ -269,6 +287,7 @@ void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float 
   sparams.out = sel;
   sparams.stats = ptr<int64_t>(stats_);
   run_wave_select(sparams, sp, select_ws_.data(), stream);
+  if (select_event_ != nullptr) RETRO_CUDA_CHECK(cudaEventRecord(select_event_, stream));
 
   WaveRetrieveParams rp;
   rp.index = index;
@@ -319,12 +338,29 @@ WaveKvStats WaveLayerKv::stats(int batch, cudaStream_t stream) const {
   return s;
 }
 
+std::vector<float> WaveLayerKv::cluster_scales(int slot, bool value, cudaStream_t stream) const {
+  RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
+  if (!k_scales_) return {};
+  const int hk = shape_.num_kv_heads;
+  const int64_t clusters = slots_[size_t(slot)].clusters;
+  std::vector<float> out(size_t(hk) * size_t(clusters));
+  if (clusters == 0) return out;
+  const Buffer& src = value ? v_scales_ : k_scales_;
+  // [hk, clusters] out of the slot's [hk, cluster_capacity] entries.
+  RETRO_CUDA_CHECK(cudaMemcpy2DAsync(out.data(), size_t(clusters) * 4,
+                                     ptr<float>(src) + size_t(slot) * hk * cluster_capacity_,
+                                     size_t(cluster_capacity_) * 4, size_t(clusters) * 4, size_t(hk),
+                                     cudaMemcpyDeviceToHost, stream));
+  RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return out;
+}
+
 size_t WaveLayerKv::device_bytes() const {
   size_t total = 0;
   for (const Buffer* b : {&k_steady_, &v_steady_, &steady_len_, &centroids_, &value_sums_, &sizes_, &begins_,
-                          &num_clusters_, &uids_, &retrieve_ids_, &retrieve_count_, &estimate_o_, &estimate_lse_,
-                          &stats_, &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_, &steady_ws_, &build_ws_,
-                          &build_order_, &build_mean_})
+                          &num_clusters_, &uids_, &k_scales_, &v_scales_, &retrieve_ids_, &retrieve_count_,
+                          &estimate_o_, &estimate_lse_, &stats_, &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_,
+                          &steady_ws_, &build_ws_, &build_order_, &build_mean_})
     total += b->size();
   return total;
 }

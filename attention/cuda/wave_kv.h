@@ -7,7 +7,9 @@
 //                 the dense decode kernel;
 //   wave index    meta index per (slot, KV head) group on the GPU (WaveIndexView), built by
 //                 run_wave_build at prefill and grown by one update segment at a time;
-//   host store    the clustered K/V rows, cluster-contiguous, in pinned host pages (HostKvStore);
+//   host store    the clustered K/V rows, cluster-contiguous, in pinned host pages (HostKvStore):
+//                 bf16, or fp8-e4m3 with one scale per cluster for K and for V (buffer.kv_dtype;
+//                 the scales sit beside the meta index on the GPU);
 //   decode        steady attention -> cluster selection + estimation (run_wave_select) ->
 //                 retrieval through the GPU cluster cache and merge (run_wave_retrieve).
 //
@@ -56,7 +58,9 @@ class WaveLayerKv {
  public:
   // layer of num_layers sharing one cluster cache: the cache uid of a group is
   // ((sequence * max_batch + slot) * num_layers + layer) * num_kv_heads + kv_head, where sequence
-  // counts the prompts the slot has held, so no uid is ever reused (wave_cache.h).
+  // counts the prompts the slot has held, so no uid is ever reused (wave_cache.h). buffer.kv_dtype
+  // (bf16 or fp8-e4m3) is the element type of the host store; the cache given to attend() must be
+  // planned with the same one.
   WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
               HostPagePool& pool, Allocator& device_allocator, int layer = 0, int num_layers = 1);
   ~WaveLayerKv();
@@ -65,6 +69,7 @@ class WaveLayerKv {
 
   const WaveKvShape& shape() const { return shape_; }
   const WaveIndexParams& params() const { return params_; }
+  DType kv_dtype() const { return buffer_.kv_dtype; }
   int64_t steady_capacity() const { return steady_capacity_; }
   int64_t cluster_capacity() const { return cluster_capacity_; }
 
@@ -98,6 +103,12 @@ class WaveLayerKv {
   int64_t steady_tokens(int slot) const;
   // Counters of the last attend() (synchronises the stream).
   WaveKvStats stats(int batch, cudaStream_t stream) const;
+  // fp8 host KV: the scales of the slot's clusters, K (or V when `value`), [num_kv_heads,
+  // num_clusters(slot)] (synchronises the stream); empty for bf16.
+  std::vector<float> cluster_scales(int slot, bool value, cudaStream_t stream) const;
+  // When not null, attend() records `event` on its stream between cluster selection and retrieval,
+  // so a benchmark can split a step's time; null (the default) records nothing.
+  void set_select_event(cudaEvent_t event) { select_event_ = event; }
   size_t device_bytes() const;
   size_t host_bytes() const { return store_->bytes_in_use(); }
 
@@ -127,6 +138,7 @@ class WaveLayerKv {
   // Device state.
   Buffer k_steady_, v_steady_, steady_len_;
   Buffer centroids_, value_sums_, sizes_, begins_, num_clusters_, uids_;
+  Buffer k_scales_, v_scales_;  // fp8: [groups, cluster_capacity] fp32; empty for bf16
   Buffer retrieve_ids_, retrieve_count_, estimate_o_, estimate_lse_, stats_;
   Buffer steady_o_, steady_lse_;
   Buffer select_ws_, retrieve_ws_, steady_ws_, build_ws_, build_order_, build_mean_;
@@ -134,6 +146,7 @@ class WaveLayerKv {
   std::vector<std::unique_ptr<WaveSelectPlan>> select_plans_;
   std::vector<std::unique_ptr<WaveRetrievePlan>> retrieve_plans_;
   std::vector<std::unique_ptr<DecodeAttentionPlan>> steady_plans_;
+  cudaEvent_t select_event_ = nullptr;
 };
 
 }  // namespace retro::attention::cuda

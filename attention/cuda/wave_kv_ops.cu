@@ -1,8 +1,10 @@
 // Kernels of wave_kv_ops.h.
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include "attention/cuda/wave_kv_ops.h"
+#include "runtime/core/dtype.h"
 
 namespace retro::attention::cuda {
 
@@ -42,6 +44,98 @@ __global__ void store_rows_kernel(const uint4* __restrict__ k_src, const uint4* 
   static_cast<uint4*>(const_cast<void*>(v_pages[page]))[dst] = v_src[src];
 }
 
+// Largest |x| of 8 bf16.
+__device__ __forceinline__ float abs_max8(const uint4& raw) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    m = fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
+  }
+  return m;
+}
+
+// 8 bf16 -> 8 e4m3 of x / scale, rounded to nearest even and saturated; byte i holds element i.
+__device__ __forceinline__ uint2 quantise8(const uint4& raw, float scale) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  unsigned w[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    unsigned half[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float2 f = __bfloat1622float2(h[2 * i + j]);
+      half[j] = __nv_cvt_float2_to_fp8x2(make_float2(__fdiv_rn(f.x, scale), __fdiv_rn(f.y, scale)), __NV_SATFINITE,
+                                         __NV_E4M3);
+    }
+    w[i] = half[0] | (half[1] << 16);
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// One CTA per (cluster, group): the scales from the cluster's rows, then the rows quantised into
+// the host store (8 elements a thread, consecutive threads on consecutive bytes of a row).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    store_rows_fp8_kernel(const uint4* __restrict__ k_src, const uint4* __restrict__ v_src, int64_t src_stride_group,
+                          int64_t src_stride_token, const int32_t* __restrict__ order, int64_t n, int vecs,
+                          const int32_t* __restrict__ sizes, const int64_t* __restrict__ begins, int64_t capacity,
+                          float* __restrict__ k_scales, float* __restrict__ v_scales,
+                          const void* const* __restrict__ k_pages, const void* const* __restrict__ v_pages,
+                          int max_pages, int64_t page_rows, int first_group, int64_t row_base) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float s_max[2][kWarps];
+  const int64_t c = blockIdx.x;
+  const int g = blockIdx.y;
+  const int64_t entry = int64_t(g) * capacity + c;
+  const int64_t size = sizes[entry];
+  const int64_t first = begins[entry] - row_base;  // the cluster's first row in the segment's list
+  const int32_t* tokens = order + int64_t(g) * n + first;
+  const int64_t items = size * vecs;
+  // Element offset / 8 of item i: 8 elements of row i / vecs of the cluster.
+  auto src_at = [&](int64_t i) {
+    return (int64_t(g) * src_stride_group + int64_t(tokens[i / vecs]) * src_stride_token) / 8 + i % vecs;
+  };
+  float kmax = 0.0f, vmax = 0.0f;
+  for (int64_t i = threadIdx.x; i < items; i += kThreads) {
+    const int64_t at = src_at(i);
+    kmax = fmaxf(kmax, abs_max8(k_src[at]));
+    vmax = fmaxf(vmax, abs_max8(v_src[at]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    kmax = fmaxf(kmax, __shfl_xor_sync(0xffffffffu, kmax, off));
+    vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+  }
+  if (threadIdx.x % 32 == 0) {
+    s_max[0][threadIdx.x / 32] = kmax;
+    s_max[1][threadIdx.x / 32] = vmax;
+  }
+  __syncthreads();
+  kmax = vmax = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    kmax = fmaxf(kmax, s_max[0][w]);
+    vmax = fmaxf(vmax, s_max[1][w]);
+  }
+  const float ks = kmax > 0.0f ? __fdiv_rn(kmax, kFp8E4M3Max) : 1.0f;
+  const float vs = vmax > 0.0f ? __fdiv_rn(vmax, kFp8E4M3Max) : 1.0f;
+  if (threadIdx.x == 0) {
+    k_scales[entry] = ks;
+    v_scales[entry] = vs;
+  }
+  const int64_t table = int64_t(first_group + g) * max_pages;
+  for (int64_t i = threadIdx.x; i < items; i += kThreads) {
+    const int64_t at = src_at(i);
+    const int64_t row = row_base + first + i / vecs;
+    const int64_t page = table + row / page_rows;
+    const int64_t dst = (row % page_rows) * vecs + i % vecs;  // a row of head_dim e4m3 is vecs uint2
+    static_cast<uint2*>(const_cast<void*>(k_pages[page]))[dst] = quantise8(k_src[at], ks);
+    static_cast<uint2*>(const_cast<void*>(v_pages[page]))[dst] = quantise8(v_src[at], vs);
+  }
+}
+
 __global__ void offset_begins_kernel(int64_t* begins, int64_t capacity, int64_t count, int64_t add) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c < count) begins[blockIdx.y * capacity + c] += add;
@@ -75,7 +169,7 @@ cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t s
                                  int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
                                  HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream) {
   if (head_dim % 8 != 0 || head_dim / 8 > 32 || src_stride_group % 8 != 0 || src_stride_token % 8 != 0 || n < 0 ||
-      groups < 0)
+      groups < 0 || store.elem_bytes != 2)
     return cudaErrorInvalidValue;
   const int64_t items = int64_t(groups) * n;
   if (items == 0) return cudaSuccess;
@@ -83,6 +177,24 @@ cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t s
   store_rows_kernel<<<blocks(items * 32, kThreads), kThreads, 0, stream>>>(
       static_cast<const uint4*>(k_src), static_cast<const uint4*>(v_src), src_stride_group, src_stride_token, order,
       groups, n, head_dim / 8, store.k_pages, store.v_pages, store.max_pages, store.page_rows, first_group, row_base);
+  return cudaGetLastError();
+}
+
+cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64_t src_stride_group,
+                                     int64_t src_stride_token, const int32_t* order, int groups, int64_t n,
+                                     int head_dim, const int32_t* sizes, const int64_t* begins, int64_t capacity,
+                                     int64_t num_clusters, float* k_scales, float* v_scales, HostStoreView store,
+                                     int first_group, int64_t row_base, cudaStream_t stream) {
+  if (head_dim % 8 != 0 || head_dim <= 0 || src_stride_group % 8 != 0 || src_stride_token % 8 != 0 || n < 0 ||
+      groups < 0 || groups > 65535 || num_clusters < 0 || num_clusters > capacity || store.elem_bytes != 1 ||
+      sizes == nullptr || begins == nullptr || k_scales == nullptr || v_scales == nullptr)
+    return cudaErrorInvalidValue;
+  if (groups == 0 || num_clusters == 0) return cudaSuccess;
+  constexpr int kThreads = 128;
+  store_rows_fp8_kernel<kThreads><<<dim3(unsigned(num_clusters), unsigned(groups)), kThreads, 0, stream>>>(
+      static_cast<const uint4*>(k_src), static_cast<const uint4*>(v_src), src_stride_group, src_stride_token, order,
+      n, head_dim / 8, sizes, begins, capacity, k_scales, v_scales, store.k_pages, store.v_pages, store.max_pages,
+      store.page_rows, first_group, row_base);
   return cudaGetLastError();
 }
 

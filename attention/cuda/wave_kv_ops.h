@@ -1,7 +1,8 @@
 #pragma once
 // Small stream-ordered kernels behind WaveLayerKv (wave_kv.h): appending decode tokens to the
-// steady zone, writing clustered rows into the paged host store, and offsetting the list rows of a
-// new index segment. Launchers return the launch status and never synchronise.
+// steady zone, writing clustered rows into the paged host store (bf16, or fp8 with per-cluster
+// scales), and offsetting the list rows of a new index segment. Launchers return the launch status
+// and never synchronise.
 
 #include <cuda_runtime.h>
 
@@ -19,10 +20,24 @@ cudaError_t steady_append(const void* k_new, const void* v_new, void* k_steady, 
 
 // Writes the rows of `groups` groups in list order into the host store: row r of group g (g in
 // [0, groups)) is the source token order[g * n + r], read at src + g * src_stride_group + token *
-// src_stride_token, and stored at row row_base + r of store group first_group + g. K and V.
+// src_stride_token, and stored at row row_base + r of store group first_group + g. K and V, bf16
+// (store: elem_bytes 2).
 cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t src_stride_group,
                                  int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
                                  HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream);
+
+// The fp8 twin of store_clustered_rows for the clusters [0, num_clusters) of a new index segment
+// (store: elem_bytes 1). Entry g * capacity + c of sizes, begins, k_scales and v_scales is cluster
+// c of group g; its rows are the segment's list rows [begins - row_base, begins - row_base + sizes)
+// (begins already offset to store rows). Per cluster, the scale of its K rows is max |x| / 448 over
+// them (1 when they are all zero), the same for V, both written to k_scales / v_scales, and every
+// element is stored as x / scale rounded to e4m3 (nearest even, saturating to +-448: the conversion
+// of runtime/core/dtype.h). One CTA per cluster; nothing is written for clusters past num_clusters.
+cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64_t src_stride_group,
+                                     int64_t src_stride_token, const int32_t* order, int groups, int64_t n,
+                                     int head_dim, const int32_t* sizes, const int64_t* begins, int64_t capacity,
+                                     int64_t num_clusters, float* k_scales, float* v_scales, HostStoreView store,
+                                     int first_group, int64_t row_base, cudaStream_t stream);
 
 // begins[g * capacity + c] += add for g in [0, groups), c in [0, count).
 cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity, int64_t count, int64_t add,

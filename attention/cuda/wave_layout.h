@@ -29,6 +29,10 @@ struct WaveIndexView {
   // [groups, cluster_capacity] first row of the cluster's list in the group's host store; the
   // cluster's rows are [cluster_begin, cluster_begin + size).
   const int64_t* cluster_begin = nullptr;
+  // fp8 host KV: [groups, cluster_capacity] fp32 scale of each cluster's K rows and of its V rows (a
+  // stored e4m3 element e stands for e * scale); both null when the host store holds bf16 rows.
+  const float* k_scales = nullptr;
+  const float* v_scales = nullptr;
 };
 
 // The host store of a layer: every clustered K/V row of a group, cluster-contiguous, in pinned host
@@ -36,10 +40,11 @@ struct WaveIndexView {
 // group g lives at k_pages[g * max_pages + r / page_rows] + (r % page_rows) * head_dim (elements),
 // and the same for V. Pages are allocated as a sequence grows; unused entries are null.
 struct HostStoreView {
-  const void* const* k_pages = nullptr;  // [groups, max_pages] device-visible pointers, bf16 rows
+  const void* const* k_pages = nullptr;  // [groups, max_pages] device-visible pointers
   const void* const* v_pages = nullptr;
   int max_pages = 0;
   int64_t page_rows = 0;
+  int elem_bytes = 2;  // 2: bf16 rows; 1: fp8-e4m3 rows, scaled per cluster (WaveIndexView::k_scales)
 };
 
 // What cluster selection hands to retrieval: per group, the clusters to attend exactly (best first)

@@ -63,9 +63,15 @@ void run_wave_retrieve(const WaveRetrieveParams& p, const WaveRetrievePlan& plan
               ix.group_size, ix.head_dim, plan.num_groups, plan.group_size, plan.head_dim);
   RETRO_CHECK(ix.cluster_capacity > 0 && ix.sizes != nullptr && ix.cluster_begin != nullptr,
               "wave retrieve: index without cluster sizes or list offsets");
+  const bool fp8 = ix.k_scales != nullptr;
+  RETRO_CHECK(fp8 == (ix.v_scales != nullptr), "wave retrieve: index with K scales but no V scales, or back");
   const HostStoreView& hs = p.store;
   RETRO_CHECK(hs.k_pages != nullptr && hs.v_pages != nullptr && hs.max_pages > 0 && hs.page_rows > 0,
               "wave retrieve: host store without pages ({} pages of {} rows)", hs.max_pages, hs.page_rows);
+  RETRO_CHECK(hs.elem_bytes == (fp8 ? 1 : 2),
+              "wave retrieve: host store of {}-byte elements for an index {} scales (fp8 rows need them, bf16 "
+              "rows have none)",
+              hs.elem_bytes, fp8 ? "with" : "without");
   const WaveSelection& sel = p.selection;
   RETRO_CHECK(sel.retrieve_capacity == plan.retrieve_capacity, "wave retrieve: selection of {} clusters, plan for {}",
               sel.retrieve_capacity, plan.retrieve_capacity);
@@ -85,6 +91,9 @@ void run_wave_retrieve(const WaveRetrieveParams& p, const WaveRetrievePlan& plan
                 "wave retrieve: cache of d {} x {} rows per slot, plan for d {} x {}", c.head_dim, c.slot_tokens,
                 plan.head_dim, plan.slot_tokens);
     RETRO_CHECK(p.group_uids != nullptr, "wave retrieve: a cache needs group uids");
+    const DType rows = fp8 ? DType::kFP8E4M3 : DType::kBF16;
+    RETRO_CHECK(c.kv_dtype == rows, "wave retrieve: cache slots of {}, host store rows of {}",
+                dtype_name(c.kv_dtype), dtype_name(rows));
   }
   RETRO_CUDA_CHECK(launch_wave_retrieve(p, plan, workspace, stream));
 }

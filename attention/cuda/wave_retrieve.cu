@@ -14,6 +14,7 @@ size_t first_part_smem(int retrieve_capacity) { return size_t(retrieve_capacity 
 
 template <int kHeadDim, int kGroup>
 cudaError_t launch(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, void* workspace, cudaStream_t stream) {
+  const bool fp8 = p.index.k_scales != nullptr;
   const RetrieveWorkspace ws = wave_retrieve_workspace(plan, workspace);
   const bool cached = p.cache.num_sets > 0;
   cudaError_t st = cudaSuccess;
@@ -28,25 +29,37 @@ cudaError_t launch(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, vo
   }
   const float scale_log2 = p.sm_scale * kernels::kLog2e;
   dim3 grid(plan.num_splits, plan.num_groups);
-  kernels::retrieve_attention_kernel<kHeadDim, kGroup>
-      <<<grid, kRetrieveWarps * 32, first_part_smem(plan.retrieve_capacity), stream>>>(
-          p, ws, plan.part_capacity, plan.slot_tokens, scale_log2);
+  const size_t smem = first_part_smem(plan.retrieve_capacity);
+  if (fp8)
+    kernels::retrieve_attention_kernel<kHeadDim, kGroup, true>
+        <<<grid, kRetrieveWarps * 32, smem, stream>>>(p, ws, plan.part_capacity, plan.slot_tokens, scale_log2);
+  else
+    kernels::retrieve_attention_kernel<kHeadDim, kGroup, false>
+        <<<grid, kRetrieveWarps * 32, smem, stream>>>(p, ws, plan.part_capacity, plan.slot_tokens, scale_log2);
   if ((st = cudaGetLastError()) != cudaSuccess) return st;
   kernels::merge_zones_kernel<kHeadDim>
       <<<static_cast<unsigned>(int64_t(plan.num_groups) * kGroup), kHeadDim, 0, stream>>>(p, ws, plan.num_splits);
   return cudaGetLastError();
 }
 
-template <int kHeadDim, int kGroup>
-int ctas_per_sm(int retrieve_capacity) {
+template <int kHeadDim, int kGroup, bool kFp8>
+int ctas_per_sm_of(int retrieve_capacity) {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels::retrieve_attention_kernel<kHeadDim, kGroup>,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels::retrieve_attention_kernel<kHeadDim, kGroup, kFp8>,
                                                     kRetrieveWarps * 32,
                                                     first_part_smem(retrieve_capacity)) != cudaSuccess) {
     cudaGetLastError();
     return 1;
   }
   return n > 0 ? n : 1;
+}
+
+// The plan does not know the element type: the grid fits one wave of either kernel.
+template <int kHeadDim, int kGroup>
+int ctas_per_sm(int retrieve_capacity) {
+  const int bf16 = ctas_per_sm_of<kHeadDim, kGroup, false>(retrieve_capacity);
+  const int fp8 = ctas_per_sm_of<kHeadDim, kGroup, true>(retrieve_capacity);
+  return bf16 < fp8 ? bf16 : fp8;
 }
 
 template <int kHeadDim>

@@ -4,13 +4,19 @@
 //
 // For each group (sequence, KV head) the G query heads attend exactly to every row of the group's
 // retrieved clusters (WaveSelection::retrieve_ids). The rows are walked in parts of slot_tokens
-// rows (wave_cache.h): a part is read from its GPU cache slot on a hit, or straight from the mapped
-// pinned host store on a miss, and an admitted miss is written into its slot by the same read. The
-// parts of a group are spread over many CTAs (bandwidth from host memory needs many loads in
-// flight); each CTA leaves a partial (o, lse), and a last kernel merges per query head the partials,
+// rows (wave_cache.h): a part is read from its GPU cache slot on a hit; a miss admitted into the
+// cache is first copied from the mapped pinned host store into its slot (its rows cross PCIe once)
+// and then read from there; a miss without a slot is read straight from the host store. The parts
+// of a group are spread over many CTAs, and every CTA copies its misses before anything else
+// (bandwidth from host memory needs many loads in flight, and the misses are the long pole); each
+// CTA leaves a partial (o, lse), and a last kernel merges per query head the partials,
 // the estimation zone (WaveSelection::estimate_o / estimate_lse) and the steady zone (the output of
 // run_decode_attention over the steady store) by the log-sum-exp merge of attention/merge.h
 // (states with lse -inf are ignored, whatever their o).
+//
+// Rows are bf16, or fp8-e4m3 when the index carries per-cluster scales (WaveIndexView::k_scales):
+// then the host store holds 1-byte elements and the cache fp8 slots (WaveBufferParams::kv_dtype),
+// and every element counts as its value times its cluster's scale.
 //
 // One run launches: the cache step advance, lookup phase 1 (hits), lookup phase 2 (victims for the
 // misses), retrieval, merge. Plan / run: plan_wave_retrieve() sizes the grid and the workspace on
@@ -31,10 +37,10 @@ namespace retro::attention::cuda {
 inline constexpr int kRetrieveWarps = 4;
 
 struct WaveRetrieveParams {
-  WaveIndexView index;      // cluster sizes and list offsets (centroids and value sums unused)
-  HostStoreView store;      // K/V rows of the clusters, mapped pinned host pages
+  WaveIndexView index;      // cluster sizes, list offsets and, for fp8 rows, scales (centroids and value sums unused)
+  HostStoreView store;      // K/V rows of the clusters, mapped pinned host pages; elem_bytes 1 with scales, else 2
   WaveSelection selection;  // retrieve_ids / retrieve_count, estimate_o / estimate_lse
-  WaveCacheView cache;      // num_sets == 0: no cache, every part read from the host store
+  WaveCacheView cache;      // num_sets == 0: no cache, every part read from the host store; kv_dtype as the store
   // [num_groups] device: the cache key of each group, unique across the pool's layers and fresh
   // whenever the group's host rows are replaced (wave_cache.h); may be null without a cache.
   const int64_t* group_uids = nullptr;

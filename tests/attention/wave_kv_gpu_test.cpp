@@ -2,12 +2,17 @@
 // equal dense attention over every token of the slot — through the prefill build, decode appends,
 // growth by update segments, a small cluster cache that evicts (and no cache at all), and a slot
 // released and refilled with a new sequence (fresh cache uids: no stale part). Outputs poisoned.
+// With fp8-e4m3 host KV the same holds against dense attention over the K/V as the host store
+// rounds them (clustered tokens x / scale in e4m3, times the cluster's scale), and the quantising
+// store kernel is checked byte for byte against the host conversion of runtime/core/dtype.h.
 // Label gpu.
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,7 +23,9 @@
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "attention/cuda/host_store.h"
 #include "attention/cuda/wave_kv.h"
+#include "attention/cuda/wave_kv_ops.h"
 #endif
 
 namespace retro::attention {
@@ -203,6 +210,367 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cache, WaveKvGpu, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "small_cache" : "no_cache"; });
+
+// ---- fp8-e4m3 host KV ----
+
+class WaveKvFp8Gpu : public ::testing::TestWithParam<bool> {  // param: with a cluster cache
+ protected:
+  void SetUp() override {
+    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+  }
+};
+
+// What the store keeps of x in a cluster of scale s: x / s rounded to e4m3, times s.
+double fp8_rounded(float x, float s) { return double(fp8_e4m3_to_float(float_to_fp8_e4m3(x / s))) * double(s); }
+
+// The store kernel alone: clusters with maxima from 2^-8 to 2^8 (and one all zero), a random list
+// order, rows straddling pages, groups at an offset in the store. Every scale is max |x| / 448 of its
+// own cluster (1 for the zero one) and every stored code is the host's e4m3 of x / scale.
+TEST(WaveKvOpsGpu, Fp8StoreScalesEachClusterByItsOwnRows) {
+  if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  auto pinned = make_pinned_host_allocator();
+  auto device = make_device_allocator(0);
+  for (const int d : {64, 128}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const int groups = 3, first_group = 2, store_groups = 5;
+    const int64_t n = 300, row_base = 37, page_rows = 48;
+    // Cluster sizes summing to n: an empty one, an all-zero one, one spanning several pages.
+    std::vector<int32_t> sizes = {0, 5, 1, 120, 16, 7, 0, 33, 2, 19, 40, 11, 46};
+    ASSERT_EQ(std::accumulate(sizes.begin(), sizes.end(), 0), n);
+    const int64_t clusters = int64_t(sizes.size()), capacity = clusters + 3;
+    const int zero_cluster = 2;
+    std::vector<int32_t> h_sizes(size_t(groups * capacity), 0), order(size_t(groups * n));
+    std::vector<int64_t> h_begins(size_t(groups * capacity), 0);
+    std::vector<float> k(size_t(n * groups * d)), v(k.size());  // [token, group, d] as bf16 values
+    std::vector<bf16> kb(k.size()), vb(k.size());
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> exponent(-8, 8);
+    for (int g = 0; g < groups; ++g) {
+      std::vector<int32_t> perm(static_cast<size_t>(n));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::copy(perm.begin(), perm.end(), order.begin() + g * n);
+      int64_t at = 0;
+      for (int64_t c = 0; c < clusters; ++c) {
+        h_sizes[size_t(g * capacity + c)] = sizes[size_t(c)];
+        h_begins[size_t(g * capacity + c)] = row_base + at;
+        const float kmag = std::ldexp(1.0f, exponent(rng)), vmag = std::ldexp(1.0f, exponent(rng));
+        for (int64_t r = at; r < at + sizes[size_t(c)]; ++r) {
+          const int64_t token = perm[size_t(r)];
+          for (int i = 0; i < d; ++i) {
+            const size_t e = size_t((token * groups + g) * d + i);
+            kb[e] = float_to_bf16(c == zero_cluster ? 0.0f : kmag * normal(rng));
+            vb[e] = float_to_bf16(c == zero_cluster ? 0.0f : vmag * normal(rng));
+            k[e] = bf16_to_float(kb[e]);
+            v[e] = bf16_to_float(vb[e]);
+          }
+        }
+        at += sizes[size_t(c)];
+      }
+    }
+    cuda::HostPagePool pool(size_t(page_rows) * d, size_t(page_rows) * d * 64, *pinned);
+    cuda::HostKvStore store(store_groups, d, 1, row_base + n, pool, *device);
+    ASSERT_EQ(store.page_rows(), page_rows);
+    for (int g = 0; g < groups; ++g) store.reserve(first_group + g, row_base + n, nullptr);
+    void *dk, *dv, *dorder, *dsizes, *dbegins, *dks, *dvs;
+    ASSERT_CUDA(cudaMalloc(&dk, kb.size() * 2));
+    ASSERT_CUDA(cudaMalloc(&dv, vb.size() * 2));
+    ASSERT_CUDA(cudaMalloc(&dorder, order.size() * 4));
+    ASSERT_CUDA(cudaMalloc(&dsizes, h_sizes.size() * 4));
+    ASSERT_CUDA(cudaMalloc(&dbegins, h_begins.size() * 8));
+    ASSERT_CUDA(cudaMalloc(&dks, h_sizes.size() * 4));
+    ASSERT_CUDA(cudaMalloc(&dvs, h_sizes.size() * 4));
+    ASSERT_CUDA(cudaMemcpy(dk, kb.data(), kb.size() * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dv, vb.data(), vb.size() * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dorder, order.data(), order.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dsizes, h_sizes.data(), h_sizes.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dbegins, h_begins.data(), h_begins.size() * 8, cudaMemcpyHostToDevice));
+    const std::vector<float> sentinel(h_sizes.size(), -7.0f);
+    ASSERT_CUDA(cudaMemcpy(dks, sentinel.data(), sentinel.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dvs, sentinel.data(), sentinel.size() * 4, cudaMemcpyHostToDevice));
+    // The bf16 view is refused.
+    cuda::HostStoreView bf16_view = store.view();
+    bf16_view.elem_bytes = 2;
+    EXPECT_EQ(cuda::store_clustered_rows_fp8(dk, dv, d, int64_t(groups) * d, static_cast<int32_t*>(dorder), groups, n,
+                                             d, static_cast<int32_t*>(dsizes), static_cast<int64_t*>(dbegins), capacity,
+                                             clusters, static_cast<float*>(dks), static_cast<float*>(dvs), bf16_view,
+                                             first_group, row_base, nullptr),
+              cudaErrorInvalidValue);
+    ASSERT_CUDA(cuda::store_clustered_rows_fp8(dk, dv, d, int64_t(groups) * d, static_cast<int32_t*>(dorder), groups, n,
+                                               d, static_cast<int32_t*>(dsizes), static_cast<int64_t*>(dbegins),
+                                               capacity, clusters, static_cast<float*>(dks), static_cast<float*>(dvs),
+                                               store.view(), first_group, row_base, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<float> ks(h_sizes.size()), vs(h_sizes.size());
+    ASSERT_CUDA(cudaMemcpy(ks.data(), dks, ks.size() * 4, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cudaMemcpy(vs.data(), dvs, vs.size() * 4, cudaMemcpyDeviceToHost));
+    for (int g = 0; g < groups; ++g) {
+      for (int64_t c = clusters; c < capacity; ++c) {
+        EXPECT_EQ(ks[size_t(g * capacity + c)], -7.0f) << "entry past the segment written";
+        EXPECT_EQ(vs[size_t(g * capacity + c)], -7.0f) << "entry past the segment written";
+      }
+      for (int64_t c = 0; c < clusters; ++c) {
+        const int64_t first = h_begins[size_t(g * capacity + c)] - row_base;
+        float kmax = 0.0f, vmax = 0.0f;
+        for (int64_t r = first; r < first + sizes[size_t(c)]; ++r)
+          for (int i = 0; i < d; ++i) {
+            const size_t e = size_t((int64_t(order[size_t(g * n + r)]) * groups + g) * d + i);
+            kmax = std::max(kmax, std::fabs(k[e]));
+            vmax = std::max(vmax, std::fabs(v[e]));
+          }
+        const float kscale = kmax > 0.0f ? kmax / kFp8E4M3Max : 1.0f;
+        const float vscale = vmax > 0.0f ? vmax / kFp8E4M3Max : 1.0f;
+        ASSERT_EQ(ks[size_t(g * capacity + c)], kscale) << "group " << g << " cluster " << c;
+        ASSERT_EQ(vs[size_t(g * capacity + c)], vscale) << "group " << g << " cluster " << c;
+        if (c == zero_cluster) {
+          EXPECT_EQ(kscale, 1.0f);
+        }
+        int bad = 0;
+        for (int64_t r = first; r < first + sizes[size_t(c)]; ++r) {
+          const auto* kq = static_cast<const fp8_e4m3*>(store.row(first_group + g, row_base + r, false));
+          const auto* vq = static_cast<const fp8_e4m3*>(store.row(first_group + g, row_base + r, true));
+          for (int i = 0; i < d; ++i) {
+            const size_t e = size_t((int64_t(order[size_t(g * n + r)]) * groups + g) * d + i);
+            // Compared as values: +0 and -0 are the same stored zero.
+            bad += fp8_e4m3_to_float(kq[i]) != fp8_e4m3_to_float(float_to_fp8_e4m3(k[e] / kscale));
+            bad += fp8_e4m3_to_float(vq[i]) != fp8_e4m3_to_float(float_to_fp8_e4m3(v[e] / vscale));
+          }
+        }
+        EXPECT_EQ(bad, 0) << "group " << g << " cluster " << c << " (" << sizes[size_t(c)] << " rows)";
+      }
+    }
+    for (void* ptr : {dk, dv, dorder, dsizes, dbegins, dks, dvs}) cudaFree(ptr);
+  }
+}
+
+// Rows whose largest |x| is exactly `max` (one element of each row, at a random place and sign):
+// every cluster of them has the scale max / 448, whichever tokens the build puts together.
+std::vector<bf16> rows_with_max(std::mt19937& rng, int64_t rows, int d, float max, std::vector<float>* append) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> at(0, d - 1);
+  std::vector<bf16> out(size_t(rows) * d);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int i = 0; i < d; ++i)
+      out[size_t(r * d + i)] = float_to_bf16(std::clamp(normal(rng), -0.75f * max, 0.75f * max));
+    out[size_t(r * d + at(rng))] = float_to_bf16(normal(rng) < 0.0f ? -max : max);
+  }
+  for (const bf16 x : out) append->push_back(bf16_to_float(x));
+  return out;
+}
+
+// With every cluster retrieved, wave attention over an fp8 host store is dense attention over the
+// K/V as stored: steady tokens in bf16, clustered ones rounded to e4m3 with their cluster's scale,
+// through prefill, appends, growth, a small cache (or none) and a refilled slot. The error against
+// dense attention over the bf16 K/V is reported (and is much larger: the reference is the fp8 one).
+TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
+  const bool with_cache = GetParam();
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const int hq = 8, hk = 2, d = 128, G = hq / hk, batch = 2;
+  const float kmax = 8.0f, vmax = 4.0f;  // every K row's largest |x| is 8, every V row's 4
+  const float kscale = kmax / kFp8E4M3Max, vscale = vmax / kFp8E4M3Max;
+  WaveIndexParams params;
+  params.segment_tokens = 1024;
+  params.update_segment_tokens = 128;
+  params.retrieval_budget = 1.0;
+  params.estimation_budget = 0.0;
+  cuda::WaveBufferParams buffer;
+  buffer.num_slots = 64;
+  buffer.ways = 4;
+  buffer.slot_tokens = 16;
+  buffer.kv_dtype = DType::kFP8E4M3;
+
+  auto pinned = make_pinned_host_allocator();
+  auto device = make_device_allocator(0);
+  const size_t page_bytes = size_t(256) * d * 2;
+  const int64_t page_rows = int64_t(page_bytes) / d;  // fp8: 512 rows a page
+  cuda::HostPagePool pool(page_bytes, size_t(4) << 20, *pinned);
+  cuda::WaveLayerKv kv(cuda::WaveKvShape{batch, hq, hk, d, 4000}, params, buffer, pool, *device);
+  EXPECT_EQ(kv.kv_dtype(), DType::kFP8E4M3);
+  cuda::WaveCacheView cache;
+  Buffer cache_mem;
+  if (with_cache) {
+    const cuda::WaveCacheLayout layout = cuda::plan_wave_cache(buffer, d);
+    cache_mem = device->allocate(layout.bytes, MemoryPurpose::kKvCache);
+    cache = cuda::init_wave_cache(layout, cache_mem.data(), nullptr);
+    // A bf16 cache does not fit an fp8 store.
+    cuda::WaveBufferParams bf16_buffer = buffer;
+    bf16_buffer.kv_dtype = DType::kBF16;
+    const cuda::WaveCacheLayout bf16_layout = cuda::plan_wave_cache(bf16_buffer, d);
+    EXPECT_EQ(bf16_layout.num_slots(), layout.num_slots());
+    EXPECT_EQ(bf16_layout.bytes - layout.bytes, size_t(layout.num_slots()) * 2 * 16 * d);
+  }
+
+  std::vector<Sequence> seqs(batch);
+  const int64_t row = int64_t(hk) * d;
+  auto upload = [&](const std::vector<bf16>& h) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * 2), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    return p;
+  };
+  auto prefill = [&](int slot, int64_t n) {
+    seqs[size_t(slot)] = Sequence{};
+    auto k = rows_with_max(rng, n * hk, d, kmax, &seqs[size_t(slot)].k);
+    auto v = rows_with_max(rng, n * hk, d, vmax, &seqs[size_t(slot)].v);
+    void* dk = upload(k);
+    void* dv = upload(v);
+    kv.build(slot, dk, dv, n, row, nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    cudaFree(dk);
+    cudaFree(dv);
+  };
+  auto host_pages = [&](int64_t rows) { return (rows + page_rows - 1) / page_rows; };
+  prefill(0, 3000);
+  prefill(1, 1500);
+  // Pages of the same bytes hold twice the rows of bf16 ones: K and V pages of every KV head.
+  EXPECT_EQ(kv.host_bytes(), size_t(2 * hk) * page_bytes *
+                                 size_t(host_pages(kv.clustered_tokens(0)) + host_pages(kv.clustered_tokens(1))));
+
+  void *dq, *dout, *dk_new, *dv_new;
+  float* dlse;
+  ASSERT_CUDA(cudaMalloc(&dq, size_t(batch) * hq * d * 2));
+  ASSERT_CUDA(cudaMalloc(&dout, size_t(batch) * hq * d * 2));
+  ASSERT_CUDA(cudaMalloc(&dk_new, size_t(batch) * row * 2));
+  ASSERT_CUDA(cudaMalloc(&dv_new, size_t(batch) * row * 2));
+  ASSERT_CUDA(cudaMalloc(&dlse, size_t(batch) * hq * 4));
+  const float scale = 1.0f / std::sqrt(float(d));
+  int grown = 0, checked = 0;
+  double err_fp8_sum = 0, err_bf16_sum = 0;
+  int64_t err_count = 0;
+  for (int step = 0; step < 300; ++step) {
+    if (step == 150) {  // slot 1 gets a new sequence: its cached parts must never come back
+      kv.release(1, nullptr);
+      prefill(1, 2100);
+    }
+    for (int b = 0; b < batch; ++b)
+      if (kv.growth_due(b)) {
+        kv.grow(b, nullptr);
+        ++grown;
+      }
+    std::vector<float> kf, vf, qf;
+    auto kn = rows_with_max(rng, int64_t(batch) * hk, d, kmax, &kf);
+    auto vn = rows_with_max(rng, int64_t(batch) * hk, d, vmax, &vf);
+    auto q = random_rows(rng, batch, int64_t(hq) * d, &qf);
+    for (int b = 0; b < batch; ++b) {
+      seqs[size_t(b)].k.insert(seqs[size_t(b)].k.end(), kf.begin() + b * row, kf.begin() + (b + 1) * row);
+      seqs[size_t(b)].v.insert(seqs[size_t(b)].v.end(), vf.begin() + b * row, vf.begin() + (b + 1) * row);
+    }
+    ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemset(dout, 0xFF, size_t(batch) * hq * d * 2));
+    ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(batch) * hq * 4));
+    kv.append(dk_new, dv_new, batch, nullptr);
+    kv.attend(dq, dout, dlse, batch, scale, cache, nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    if (step % 7 != 0 && step != 299) continue;
+    ++checked;
+    std::vector<bf16> out(size_t(batch) * hq * d);
+    std::vector<float> lse(size_t(batch) * hq);
+    ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
+    for (int b = 0; b < batch; ++b) {
+      const Sequence& s = seqs[size_t(b)];
+      const int64_t n = int64_t(s.k.size()) / row;
+      ASSERT_EQ(kv.length(b), n) << "slot " << b;
+      // The clustered tokens are [sink, sink + clustered): the first sink_tokens and the most
+      // recent ones stay in the steady zone in bf16.
+      const int64_t c0 = kv.clustered_tokens(b) > 0 ? params.sink_tokens : 0, c1 = c0 + kv.clustered_tokens(b);
+      for (int h = 0; h < hq; ++h) {
+        const float* qh = qf.data() + (size_t(b) * hq + h) * d;
+        const int kvh = h / G;
+        double result[2][2] = {};  // [fp8 reference, bf16 reference] x [error num, error den]
+        for (int ref = 0; ref < 2; ++ref) {
+          const bool stored = ref == 0;
+          auto kval = [&](int64_t t, int i) {
+            const float x = s.k[size_t(t * row + kvh * d + i)];
+            return stored && t >= c0 && t < c1 ? fp8_rounded(x, kscale) : double(x);
+          };
+          auto vval = [&](int64_t t, int i) {
+            const float x = s.v[size_t(t * row + kvh * d + i)];
+            return stored && t >= c0 && t < c1 ? fp8_rounded(x, vscale) : double(x);
+          };
+          std::vector<double> logit(static_cast<size_t>(n));
+          double mx = -INFINITY;
+          for (int64_t t = 0; t < n; ++t) {
+            double dot = 0;
+            for (int i = 0; i < d; ++i) dot += double(qh[i]) * kval(t, i);
+            logit[size_t(t)] = dot * scale;
+            mx = std::max(mx, logit[size_t(t)]);
+          }
+          double sum = 0;
+          std::vector<double> o(static_cast<size_t>(d), 0.0);
+          for (int64_t t = 0; t < n; ++t) {
+            const double p = std::exp(logit[size_t(t)] - mx);
+            sum += p;
+            for (int i = 0; i < d; ++i) o[size_t(i)] += p * vval(t, i);
+          }
+          for (int i = 0; i < d; ++i) {
+            const double want = o[size_t(i)] / sum;
+            const double got = bf16_to_float(out[(size_t(b) * hq + h) * d + size_t(i)]);
+            ASSERT_FALSE(std::isnan(got)) << "step " << step << " slot " << b << " head " << h;
+            result[ref][0] += (got - want) * (got - want);
+            result[ref][1] += want * want;
+          }
+          if (stored) {
+            EXPECT_NEAR(lse[size_t(b) * hq + h], mx + std::log(sum), 2e-3 * std::max(1.0, std::abs(mx)))
+                << "step " << step << " slot " << b << " head " << h;
+          }
+        }
+        const double err_fp8 = std::sqrt(result[0][0] / result[0][1]);
+        const double err_bf16 = std::sqrt(result[1][0] / result[1][1]);
+        EXPECT_LT(err_fp8, 6e-3) << "step " << step << " slot " << b << " head " << h;
+        err_fp8_sum += err_fp8;
+        err_bf16_sum += err_bf16;
+        ++err_count;
+      }
+    }
+  }
+  EXPECT_GE(grown, 3);  // both slots crossed update segments
+  EXPECT_GT(checked, 40);
+  const double err_fp8 = err_fp8_sum / double(err_count), err_bf16 = err_bf16_sum / double(err_count);
+  std::cout << "fp8 host KV, relative L2 error of the output: " << err_fp8 << " against attention over the stored "
+            << "K/V, " << err_bf16 << " against attention over the bf16 K/V\n";
+  RecordProperty("rel_error_vs_stored_kv", std::to_string(err_fp8));
+  RecordProperty("rel_error_vs_bf16_kv", std::to_string(err_bf16));
+  EXPECT_GT(err_bf16, 2.0 * err_fp8) << "the stored (fp8) K/V, not the bf16 ones, must be what attention sees";
+  // Every cluster of every head, prefill and growth segments alike, got the scale of its rows.
+  for (int b = 0; b < batch; ++b) {
+    const std::vector<float> ks = kv.cluster_scales(b, false, nullptr), vs = kv.cluster_scales(b, true, nullptr);
+    ASSERT_EQ(int64_t(ks.size()), hk * kv.num_clusters(b));
+    ASSERT_EQ(vs.size(), ks.size());
+    // Empty clusters have no rows and keep the scale 1.
+    int scaled = 0;
+    for (size_t i = 0; i < ks.size(); ++i) {
+      EXPECT_TRUE(ks[i] == kscale || ks[i] == 1.0f) << "slot " << b << " entry " << i << ": " << ks[i];
+      EXPECT_TRUE(vs[i] == vscale || vs[i] == 1.0f) << "slot " << b << " entry " << i << ": " << vs[i];
+      scaled += ks[i] == kscale;
+    }
+    EXPECT_GT(scaled, int(ks.size()) / 2);
+  }
+  const cuda::WaveKvStats st = kv.stats(batch, nullptr);
+  EXPECT_EQ(st.retrieved_clusters, st.non_empty_clusters);
+  if (with_cache) {
+    const cuda::WaveCacheCounters c = cuda::read_wave_cache_counters(cache, nullptr);
+    EXPECT_GT(c.hit_parts, 0u);
+    EXPECT_GT(c.miss_parts, 0u);
+    EXPECT_GT(c.admitted_parts, 0u);
+    EXPECT_EQ(c.host_bytes, c.host_rows * uint64_t(d) * 2) << "K and V rows of one byte an element";
+  }
+  cudaFree(dq);
+  cudaFree(dout);
+  cudaFree(dk_new);
+  cudaFree(dv_new);
+  cudaFree(dlse);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cache, WaveKvFp8Gpu, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "small_cache" : "no_cache"; });
 
 #else

@@ -5,7 +5,8 @@
 // (empty ones carrying NaN outputs that must be ignored). Outputs and workspace are poisoned with
 // NaN before each run. The cache is checked step by step against a model of its policy built from
 // its device state: hit / miss / admission counters, LRU victims, one set per tag, and every cached
-// part equal to the host rows of its current owner (never a stale part). Label gpu.
+// part equal to the host rows of its current owner (never a stale part). The same for fp8-e4m3 host
+// rows with random per-cluster K and V scales (the reference dequantises them exactly). Label gpu.
 
 #include <gtest/gtest.h>
 
@@ -85,6 +86,22 @@ TEST(WaveCachePlan, SizesThePoolInWholeSets) {
   EXPECT_THROW(cuda::plan_wave_cache(p, 64), Error);
   p.ways = 16;
   EXPECT_THROW(cuda::plan_wave_cache(p, 96), Error);
+}
+
+TEST(WaveCachePlan, Fp8SlotsAreHalfTheBytes) {
+  cuda::WaveBufferParams p;
+  p.cache_bytes = size_t(64) * 2 * 32 * 128 * 2;  // 64 bf16 slots of 32 rows at d 128
+  const cuda::WaveCacheLayout bf16_layout = cuda::plan_wave_cache(p, 128);
+  p.kv_dtype = DType::kFP8E4M3;
+  EXPECT_EQ(cuda::wave_cache_slot_bytes(p, 128), size_t(2) * 32 * 128);
+  const cuda::WaveCacheLayout fp8_layout = cuda::plan_wave_cache(p, 128);
+  EXPECT_EQ(bf16_layout.num_slots(), 64);
+  EXPECT_EQ(fp8_layout.num_slots(), 128);
+  EXPECT_EQ(fp8_layout.kv_dtype, DType::kFP8E4M3);
+  EXPECT_EQ(bf16_layout.kv_dtype, DType::kBF16);
+  EXPECT_GE(fp8_layout.bytes, size_t(128) * (2 * 32 * 128 + 16));
+  p.kv_dtype = DType::kFP16;
+  EXPECT_THROW(cuda::plan_wave_cache(p, 128), Error);
 }
 
 TEST(WaveRetrievePlan, SplitsGroupsOverOneWaveAndRejectsUnsupportedShapes) {
@@ -185,7 +202,10 @@ struct Shape {
   int64_t page_rows = 100;  // not a multiple of slot_tokens: parts straddle pages
   int part_capacity = 0;    // 0: the plan's default
   int num_sms = 0, ctas_per_sm = 0;  // 0: from the device
+  bool fp8 = false;  // host rows and cache slots in fp8-e4m3 with per-cluster scales
   int groups() const { return batch * num_kv_heads; }
+  int elem_bytes() const { return fp8 ? 1 : 2; }
+  size_t row_bytes() const { return size_t(head_dim) * elem_bytes(); }
   int num_q_heads() const { return num_kv_heads * group_size; }
   int max_cluster_rows() const { return 3 * slot_tokens + slot_tokens / 2 + 1; }  // four parts
 };
@@ -203,10 +223,10 @@ class World {
     const int G = s.groups(), d = s.head_dim;
     const int64_t max_rows = int64_t(s.clusters) * (s.max_cluster_rows() + kGap) + kGap;
     max_pages_ = static_cast<int>((max_rows + s.page_rows - 1) / s.page_rows);
-    page_elems_ = s.page_rows * d;
+    page_bytes_ = s.page_rows * int64_t(s.row_bytes());
     const size_t pages = size_t(G) * max_pages_;
-    k_pool_ = std::make_unique<PinnedMem>(pages * page_elems_ * sizeof(bf16));
-    v_pool_ = std::make_unique<PinnedMem>(pages * page_elems_ * sizeof(bf16));
+    k_pool_ = std::make_unique<PinnedMem>(pages * page_bytes_);
+    v_pool_ = std::make_unique<PinnedMem>(pages * page_bytes_);
     // Pages of a group sit at random positions of the pools: consecutive pages are adjacent in
     // memory only by chance, so a row address computed across a page boundary reads a wrong row.
     std::vector<int64_t> pos(pages);
@@ -216,13 +236,15 @@ class World {
     std::vector<const void*> kpt(pages, nullptr), vpt(pages, nullptr);
     for (size_t i = 0; i < pages; ++i) {
       page_pos_[i] = pos[i];
-      kpt[i] = k_pool_->dev() + pos[i] * page_elems_ * sizeof(bf16);
-      vpt[i] = v_pool_->dev() + pos[i] * page_elems_ * sizeof(bf16);
+      kpt[i] = k_pool_->dev() + pos[i] * page_bytes_;
+      vpt[i] = v_pool_->dev() + pos[i] * page_bytes_;
     }
     upload(d_k_pages_, kpt);
     upload(d_v_pages_, vpt);
     sizes_.assign(size_t(G) * s.clusters, 0);
     begin_.assign(size_t(G) * s.clusters, 0);
+    k_scale_.assign(size_t(G) * s.clusters, 1.0f);
+    v_scale_.assign(size_t(G) * s.clusters, 1.0f);
     ids_.assign(size_t(G) * s.retrieve_capacity, -1);
     count_.assign(G, 0);
     uids_.assign(G, -1);
@@ -248,10 +270,15 @@ class World {
   const std::vector<int64_t>& uids() const { return uids_; }
   void set_uid(int g, int64_t uid) { uids_[g] = uid; }
 
-  bf16* k_row(int g, int64_t row) { return row_ptr(k_pool_.get(), g, row); }
-  bf16* v_row(int g, int64_t row) { return row_ptr(v_pool_.get(), g, row); }
-  const bf16* k_row(int g, int64_t row) const { return row_ptr(k_pool_.get(), g, row); }
-  const bf16* v_row(int g, int64_t row) const { return row_ptr(v_pool_.get(), g, row); }
+  // Host bytes of a row: head_dim bf16, or head_dim e4m3 codes.
+  char* k_row(int g, int64_t row) { return row_ptr(k_pool_.get(), g, row); }
+  char* v_row(int g, int64_t row) { return row_ptr(v_pool_.get(), g, row); }
+  const char* k_row(int g, int64_t row) const { return row_ptr(k_pool_.get(), g, row); }
+  const char* v_row(int g, int64_t row) const { return row_ptr(v_pool_.get(), g, row); }
+  // Element i of a row of cluster c as attention must see it: the bf16 value, or the e4m3 value
+  // times the cluster's scale (exact in double).
+  double k_at(int g, int c, int64_t row, int i) const { return element(k_row(g, row), i, k_scale_[index(g, c)]); }
+  double v_at(int g, int c, int64_t row, int i) const { return element(v_row(g, row), i, v_scale_[index(g, c)]); }
 
   // Group g holds a new sequence: fresh cluster sizes, list layout and rows (give it a fresh uid).
   void new_sequence(int g) {
@@ -267,6 +294,13 @@ class World {
         default: n = pick(3 * T + 1, s_.max_cluster_rows());   // four parts
       }
       sizes_[size_t(g) * s_.clusters + c] = n;
+      if (s_.fp8) {
+        // Scales around 1/64 (the rows hold e4m3 codes of values around 64), different per cluster
+        // and for K and V.
+        std::uniform_real_distribution<float> e(-1.5f, 1.5f);
+        k_scale_[index(g, c)] = std::exp2(e(rng_)) / 64.0f;
+        v_scale_[index(g, c)] = std::exp2(e(rng_)) / 64.0f;
+      }
     }
     // Cluster-contiguous lists in a random cluster order, with small gaps between them.
     std::vector<int> order(s_.clusters);
@@ -285,8 +319,17 @@ class World {
   void rewrite_rows(int g) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (int64_t r = 0; r < rows_[g]; ++r) {
-      bf16* k = k_row(g, r);
-      bf16* v = v_row(g, r);
+      if (s_.fp8) {
+        auto* k = reinterpret_cast<fp8_e4m3*>(k_row(g, r));
+        auto* v = reinterpret_cast<fp8_e4m3*>(v_row(g, r));
+        for (int i = 0; i < s_.head_dim; ++i) {
+          k[i] = float_to_fp8_e4m3(64.0f * normal(rng_));
+          v[i] = float_to_fp8_e4m3(64.0f * normal(rng_));
+        }
+        continue;
+      }
+      auto* k = reinterpret_cast<bf16*>(k_row(g, r));
+      auto* v = reinterpret_cast<bf16*>(v_row(g, r));
       for (int i = 0; i < s_.head_dim; ++i) {
         k[i] = float_to_bf16(normal(rng_));
         v[i] = float_to_bf16(normal(rng_));
@@ -347,10 +390,15 @@ class World {
     p.index.num_clusters = d_num_clusters_.as<int32_t>();
     p.index.sizes = d_sizes_.as<int32_t>();
     p.index.cluster_begin = d_begin_.as<int64_t>();
+    if (s_.fp8) {
+      p.index.k_scales = d_k_scale_.as<float>();
+      p.index.v_scales = d_v_scale_.as<float>();
+    }
     p.store.k_pages = d_k_pages_.as<const void*>();
     p.store.v_pages = d_v_pages_.as<const void*>();
     p.store.max_pages = max_pages_;
     p.store.page_rows = s_.page_rows;
+    p.store.elem_bytes = s_.elem_bytes();
     p.selection.retrieve_capacity = s_.retrieve_capacity;
     p.selection.retrieve_ids = d_ids_.as<int32_t>();
     p.selection.retrieve_count = d_count_.as<int32_t>();
@@ -372,6 +420,8 @@ class World {
     upload(d_num_clusters_, std::vector<int32_t>(s_.groups(), s_.clusters));
     upload(d_sizes_, sizes_);
     upload(d_begin_, begin_);
+    upload(d_k_scale_, k_scale_);
+    upload(d_v_scale_, v_scale_);
     upload(d_ids_, ids_);
     upload(d_count_, count_);
     upload(d_uids_, uids_);
@@ -420,17 +470,20 @@ class World {
     const double scale = 1.0 / std::sqrt(double(d));
     for (int g = 0; g < s_.groups(); ++g) {
       std::vector<int64_t> rows;
+      std::vector<int> row_cluster;
       for (int32_t c : selection(g))
-        for (int t = 0; t < size(g, c); ++t) rows.push_back(begin(g, c) + t);
+        for (int t = 0; t < size(g, c); ++t) {
+          rows.push_back(begin(g, c) + t);
+          row_cluster.push_back(c);
+        }
       for (int r = 0; r < G; ++r) {
         const size_t row = size_t(g) * G + r;
         // Retrieval zone.
         std::vector<double> o_ret(d, 0.0), logit(rows.size());
         double lse_ret = -kInf, mx = -kInf;
         for (size_t j = 0; j < rows.size(); ++j) {
-          const bf16* k = k_row(g, rows[j]);
           double dot = 0.0;
-          for (int i = 0; i < d; ++i) dot += double(bf(q_[row * d + i])) * bf(k[i]);
+          for (int i = 0; i < d; ++i) dot += double(bf(q_[row * d + i])) * k_at(g, row_cluster[j], rows[j], i);
           logit[j] = dot * scale;
           mx = std::max(mx, logit[j]);
         }
@@ -439,8 +492,7 @@ class World {
           for (double x : logit) sum += std::exp(x - mx);
           for (size_t j = 0; j < rows.size(); ++j) {
             const double w = std::exp(logit[j] - mx) / sum;
-            const bf16* v = v_row(g, rows[j]);
-            for (int i = 0; i < d; ++i) o_ret[i] += w * bf(v[i]);
+            for (int i = 0; i < d; ++i) o_ret[i] += w * v_at(g, row_cluster[j], rows[j], i);
           }
           lse_ret = mx + std::log(sum);
         }
@@ -497,38 +549,45 @@ class World {
   std::vector<float> lse;
 
  private:
-  bf16* row_ptr(const PinnedMem* pool, int g, int64_t row) const {
+  char* row_ptr(const PinnedMem* pool, int g, int64_t row) const {
     const int64_t page = row / s_.page_rows;
     const int64_t pos = page_pos_[size_t(g) * max_pages_ + page];
-    return reinterpret_cast<bf16*>(pool->host()) + pos * page_elems_ + (row % s_.page_rows) * s_.head_dim;
+    return pool->host() + pos * page_bytes_ + (row % s_.page_rows) * int64_t(s_.row_bytes());
+  }
+  size_t index(int g, int c) const { return size_t(g) * s_.clusters + c; }
+  double element(const char* row, int i, float scale) const {
+    if (s_.fp8) return double(fp8_e4m3_to_float(reinterpret_cast<const fp8_e4m3*>(row)[i])) * double(scale);
+    return bf(reinterpret_cast<const bf16*>(row)[i]);
   }
 
   Shape s_;
   std::mt19937_64 rng_;
   int max_pages_ = 0;
-  int64_t page_elems_ = 0;
+  int64_t page_bytes_ = 0;
   std::unique_ptr<PinnedMem> k_pool_, v_pool_;
   std::vector<int64_t> page_pos_;  // [groups, max_pages] page position in the pools
   std::vector<int64_t> rows_;      // [groups] rows (with gaps) of each group's lists
   std::vector<int32_t> sizes_;
   std::vector<int64_t> begin_;
+  std::vector<float> k_scale_, v_scale_;  // [groups, clusters], used with fp8 rows
   std::vector<int32_t> ids_, count_;
   std::vector<int64_t> uids_;
   std::vector<bf16> q_, steady_o_;
   std::vector<float> est_o_, est_lse_, steady_lse_;
-  DeviceMem d_k_pages_, d_v_pages_, d_num_clusters_, d_sizes_, d_begin_, d_ids_, d_count_, d_uids_, d_q_, d_est_o_,
-      d_est_lse_, d_steady_o_, d_steady_lse_, d_out_, d_lse_;
+  DeviceMem d_k_pages_, d_v_pages_, d_num_clusters_, d_sizes_, d_begin_, d_k_scale_, d_v_scale_, d_ids_, d_count_,
+      d_uids_, d_q_, d_est_o_, d_est_lse_, d_steady_o_, d_steady_lse_, d_out_, d_lse_;
 };
 
 // ---- A cache on the device and a model of its policy ----
 
 class Cache {
  public:
-  Cache(int head_dim, int slot_tokens, int ways, int64_t num_slots) {
+  Cache(int head_dim, int slot_tokens, int ways, int64_t num_slots, DType kv_dtype = DType::kBF16) {
     cuda::WaveBufferParams p;
     p.slot_tokens = slot_tokens;
     p.ways = ways;
     p.num_slots = num_slots;
+    p.kv_dtype = kv_dtype;
     layout = cuda::plan_wave_cache(p, head_dim);
     memory = DeviceMem(layout.bytes);
     memory.poison();  // slot rows start as NaN: a read before an admission cannot go unnoticed
@@ -617,17 +676,19 @@ void check_step(const Cache& c, const CacheState& before, const CacheState& afte
   EXPECT_EQ(after.counters.miss_parts - before.counters.miss_parts, misses);
   EXPECT_EQ(after.counters.admitted_parts - before.counters.admitted_parts, admitted);
   EXPECT_EQ(after.counters.host_rows - before.counters.host_rows, host_rows);
-  EXPECT_EQ(after.counters.host_bytes - before.counters.host_bytes, host_rows * uint64_t(d) * 4);
+  EXPECT_EQ(after.counters.host_bytes - before.counters.host_bytes,
+            host_rows * uint64_t(d) * 2 * uint64_t(w.shape().elem_bytes()));
 }
 
 // Every entry sits in its tag's set, no tag twice, and every entry of a current uid holds exactly
 // the host rows of that part (entries of retired uids are never read again and are not checked).
 void check_contents(const Cache& c, const World& w) {
   const size_t n = size_t(c.layout.num_slots());
-  const int T = c.layout.slot_tokens, d = c.layout.head_dim;
+  const int T = c.layout.slot_tokens;
+  const size_t row_bytes = w.shape().row_bytes();
   const std::vector<uint64_t> tags = download<uint64_t>(c.view.tags, n);
-  const std::vector<bf16> ks = download<bf16>(c.view.k_slots, n * T * d);
-  const std::vector<bf16> vs = download<bf16>(c.view.v_slots, n * T * d);
+  const std::vector<char> ks = download<char>(c.view.k_slots, n * T * row_bytes);
+  const std::vector<char> vs = download<char>(c.view.v_slots, n * T * row_bytes);
   std::map<int64_t, int> owner;
   for (int g = 0; g < w.shape().groups(); ++g) owner[w.uid(g)] = g;
   std::set<uint64_t> seen;
@@ -646,10 +707,10 @@ void check_contents(const Cache& c, const World& w) {
     ASSERT_GT(rows, 0) << "slot " << s << " holds a part past its cluster";
     for (int t = 0; t < rows; ++t) {
       const int64_t row = w.begin(g, cluster) + int64_t(part) * T + t;
-      const size_t at = (s * T + t) * d;
-      ASSERT_EQ(std::memcmp(&ks[at], w.k_row(g, row), d * sizeof(bf16)), 0)
+      const size_t at = (s * T + t) * row_bytes;
+      ASSERT_EQ(std::memcmp(&ks[at], w.k_row(g, row), row_bytes), 0)
           << "slot " << s << " K row " << t << " of group " << g << " cluster " << cluster << " part " << part;
-      ASSERT_EQ(std::memcmp(&vs[at], w.v_row(g, row), d * sizeof(bf16)), 0)
+      ASSERT_EQ(std::memcmp(&vs[at], w.v_row(g, row), row_bytes), 0)
           << "slot " << s << " V row " << t << " of group " << g << " cluster " << cluster << " part " << part;
     }
   }
@@ -694,7 +755,7 @@ TEST_P(WaveRetrieveCases, MatchesTheDoublePrecisionReference) {
     return;
   }
   // Large enough that no set overflows at these sizes (the model checks it either way).
-  Cache cache(c.shape.head_dim, c.shape.slot_tokens, 16, 4096);
+  Cache cache(c.shape.head_dim, c.shape.slot_tokens, 16, 4096, c.shape.fp8 ? DType::kFP8E4M3 : DType::kBF16);
   const std::vector<PartRef> parts = w.parts();
   int cacheable = 0;
   for (const PartRef& p : parts) cacheable += p.j < w.plan.part_capacity;
@@ -761,6 +822,11 @@ Shape make_shape(int batch, int kv_heads, int group, int d, int slot_tokens, int
   return s;
 }
 
+Shape with_fp8(Shape s) {
+  s.fp8 = true;
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, WaveRetrieveCases,
     ::testing::Values(Case{"g4_d128", make_shape(2, 2, 4, 128, 32, 40, 24, 100), true},
@@ -770,7 +836,15 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"g4_d128_one_split", make_shape(2, 2, 4, 128, 32, 40, 24, 100, 0, 1, 1), true},
                     Case{"g5_d64_many_splits", make_shape(3, 2, 5, 64, 32, 40, 30, 64, 0, 1000, 8), true},
                     Case{"g7_d128_large", make_shape(1, 4, 7, 128, 32, 300, 150, 4096), true},
-                    Case{"g6_d128_no_cache", make_shape(2, 2, 6, 128, 32, 40, 24, 100), false}),
+                    Case{"g6_d128_no_cache", make_shape(2, 2, 6, 128, 32, 40, 24, 100), false},
+                    Case{"fp8_g4_d128", with_fp8(make_shape(2, 2, 4, 128, 32, 40, 24, 100)), true},
+                    Case{"fp8_g8_d128_slot16", with_fp8(make_shape(1, 2, 8, 128, 16, 64, 48, 77)), true},
+                    Case{"fp8_g2_d64_slot8_part_overflow", with_fp8(make_shape(1, 4, 2, 64, 8, 40, 24, 33, 10)),
+                         true},
+                    Case{"fp8_g5_d64_many_splits", with_fp8(make_shape(3, 2, 5, 64, 32, 40, 30, 64, 0, 1000, 8)),
+                         true},
+                    Case{"fp8_g7_d128_large", with_fp8(make_shape(1, 4, 7, 128, 32, 300, 150, 4096)), true},
+                    Case{"fp8_g1_d128_no_cache", with_fp8(make_shape(2, 2, 1, 128, 32, 40, 24, 100)), false}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // A tiny cache (3 sets of 2 ways) under selections that force evictions and re-admissions over many
