@@ -62,6 +62,7 @@ struct GpuModelBenchOptions {
   double cache_fraction = 0.05;  // of the K/V offloaded at the largest context (WaveBufferParams)
   double cache_gib = 0.0;
   double host_gib = 0.0;
+  std::string host_kv = "bf16";  // offloaded K/V format: bf16 or fp8 (e4m3, per-cluster scales)
   // Attention inputs: synthetic (the workload generator's) or random (the model's own).
   std::string workload = "synthetic";
   uint64_t seed = 1;
@@ -82,6 +83,7 @@ runtime::cuda::GpuModelOptions gpu_options(const GpuModelBenchOptions& o, int ma
     RETRO_CHECK(o.cache_fraction >= 0.0 && o.cache_gib >= 0.0 && o.host_gib >= 0.0,
                 "--cache-fraction, --cache-gib and --host-gib must be >= 0");
     g.buffer.kv_fraction = o.cache_fraction;
+    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
     g.buffer.cache_bytes = static_cast<size_t>(o.cache_gib * double(size_t(1) << 30));
     g.host_capacity_bytes = static_cast<size_t>(o.host_gib * double(size_t(1) << 30));
   }
@@ -332,6 +334,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
                                  {"workload", o.workload}};
       if (synthetic) row["seed"] = o.seed;
+      if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
         fmt::print("| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} |\n", ctx, bs, prefill_s, prefill_tps, step_ms,
                    decode_tps);
@@ -396,6 +399,9 @@ void register_gpu_model_bench(CLI::App& bench) {
                   "Wave cluster cache as a fraction of the K/V offloaded at the largest context and batch")
       ->capture_default_str();
   cmd->add_option("--cache-gib", o->cache_gib, "Wave cluster cache size in GiB (overrides --cache-fraction)");
+  cmd->add_option("--host-kv", o->host_kv, "Wave: offloaded K/V format, bf16 or fp8 (e4m3 with per-cluster scales)")
+      ->check(CLI::IsMember({"bf16", "fp8"}))
+      ->capture_default_str();
   cmd->add_option("--host-gib", o->host_gib, "Pinned host memory for offloaded K/V in GiB (0: bounded by the system)");
   cmd->add_option("--workload", o->workload,
                   "Attention inputs: synthetic (the synthetic workload generator's prompt K/V and drifting queries "

@@ -174,6 +174,15 @@ void run_wave_bench(const WaveBenchOptions& o) {
       const SyntheticWorkload start = workload;
       for (const DType kv_dtype : kv_dtypes) {
         workload = start;
+        // One query stream per slot, so each slot's queries drift step to step at the generator's
+        // correlation (drawing the slots' queries in turn from one stream would space a slot's
+        // consecutive queries `batch` AR steps apart); streams start at different points.
+        std::vector<SyntheticWorkload> queries(size_t(B), start);
+        {
+          std::vector<float> skip(static_cast<size_t>(hq) * d);
+          for (int b = 0; b < B; ++b)
+            for (int i = 0; i < 31 * b; ++i) queries[size_t(b)].next_query(skip.data());
+        }
         WaveBufferParams buffer;
         buffer.kv_dtype = kv_dtype;
         // The cache gets cache_fraction of the bf16 bytes of the offloaded KV (fp8: twice the slots).
@@ -207,7 +216,7 @@ void run_wave_bench(const WaveBenchOptions& o) {
             if (kv.growth_due(b)) kv.grow(b, nullptr);
           workload.next_kv(1, knf.data(), vnf.data());
           for (int b = 0; b < B; ++b) {
-            workload.next_query(qf.data());
+            queries[size_t(b)].next_query(qf.data());
             for (size_t i = 0; i < qf.size(); ++i) qh[size_t(b) * qf.size() + i] = float_to_bf16(qf[i]);
             for (size_t i = 0; i < knf.size(); ++i) {
               knh[size_t(b) * row + i] = float_to_bf16(knf[i]);

@@ -76,6 +76,7 @@ std::unique_ptr<std::ofstream> open_json(const std::string& path) {
 struct NiahOptions {
   ModelOptions model;
   std::string backend = "cpu";
+  std::string host_kv = "bf16";  // cuda, wave: offloaded K/V format
   std::string data;
   std::string lengths = "1k,4k";
   std::string budgets = "0.018:0.232";
@@ -183,12 +184,13 @@ void run_niah_gpu(const NiahOptions& o) {
       runtime::cuda::GpuModelOptions wave_options = dense_options;
       wave_options.attention = attention::AttentionMode::kWave;
       wave_options.wave = with_budget(o.model, b);
+      wave_options.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
       const double wave_acc = accuracy(run_niah_gpu_once(config, *weights, *tokenizer, samples, wave_options));
-      fmt::print("| {} | {} | {:.1f}% | {} | {} | {:.1f}% |\n", len, samples.size(), dense_acc, b.retrieval,
-                 b.estimation, wave_acc);
+      fmt::print("| {} | {} | {:.1f}% | {} | {} | {:.1f}% ({} host KV) |\n", len, samples.size(), dense_acc,
+                 b.retrieval, b.estimation, wave_acc, o.host_kv);
       std::fflush(stdout);
       if (json) {
-        *json << nlohmann::ordered_json{{"bench", "niah"},           {"backend", "cuda"},
+        *json << nlohmann::ordered_json{{"bench", "niah"},           {"backend", "cuda"}, {"host_kv", o.host_kv},
                                         {"model", o.model.model},    {"context", len},
                                         {"samples", samples.size()}, {"dense_accuracy", dense_acc},
                                         {"retrieval_budget", b.retrieval}, {"estimation_budget", b.estimation},
@@ -251,6 +253,9 @@ void register_model_benches(CLI::App& bench) {
     CLI::App* cmd = bench.add_subcommand("niah", "Needle retrieval accuracy, dense vs wave attention");
     add_model_options(*cmd, o->model);
     cmd->add_option("--backend", o->backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+    cmd->add_option("--host-kv", o->host_kv, "cuda: wave's offloaded K/V format, bf16 or fp8")
+        ->check(CLI::IsMember({"bf16", "fp8"}))
+        ->capture_default_str();
     cmd->add_option("--data", o->data, "Needle samples (JSON lines: id, context_length, prompt, answer)")->required();
     cmd->add_option("--lengths", o->lengths, "Context lengths to evaluate")->capture_default_str();
     cmd->add_option("--budgets", o->budgets, "Wave budgets retrieval[:estimation], comma separated")

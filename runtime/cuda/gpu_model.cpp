@@ -60,7 +60,7 @@ wave::WaveCacheLayout plan_cluster_cache(const ModelConfig& c, int64_t max_token
   wave::WaveBufferParams p = o.buffer;
   if (p.num_slots == 0 && p.cache_bytes == 0 && p.kv_fraction <= 0.0) return {};
   if (p.num_slots == 0) {
-    const size_t slot_bytes = size_t(2) * size_t(std::max(p.slot_tokens, 1)) * size_t(c.head_dim) * 2;
+    const size_t slot_bytes = wave::wave_cache_slot_bytes(p, c.head_dim);
     const double bytes = p.cache_bytes > 0 ? double(p.cache_bytes)
                                            : p.kv_fraction * double(offloaded_kv_bytes(c, max_tokens, o.max_batch));
     p.num_slots = std::max<int64_t>(static_cast<int64_t>(bytes / double(slot_bytes)), p.ways);
@@ -89,6 +89,10 @@ size_t wave_layer_device_bytes(const ModelConfig& c, int64_t max_tokens, const G
   add(entries * size_t(d) * 4);  // value sums
   add(entries * 4);              // sizes
   add(entries * 8);              // list begins
+  if (o.buffer.kv_dtype == DType::kFP8E4M3) {
+    add(entries * 4);  // K scales
+    add(entries * 4);  // V scales
+  }
   add(groups * 4);               // cluster counts
   add(groups * 8);               // cache uids
   const wave::WaveSelectBudgets budgets{p.retrieval_budget, p.estimation_budget, p.min_retrieve_clusters};
@@ -116,7 +120,8 @@ size_t wave_layer_device_bytes(const ModelConfig& c, int64_t max_tokens, const G
   add(size_t(batch) * size_t(hq) * size_t(d) * 2);                 // steady outputs
   add(size_t(batch) * size_t(hq) * 4);                             // steady LSEs
   // Host store page tables (K and V), a device pointer per page of every group.
-  const int64_t page_rows = int64_t(host_page_bytes(c, o) / (size_t(d) * 2));
+  const int64_t page_rows =
+      int64_t(host_page_bytes(c, o) / (size_t(d) * size_t(wave::wave_kv_elem_bytes(o.buffer.kv_dtype))));
   const int64_t max_pages = std::max<int64_t>(1, (max_tokens + page_rows - 1) / page_rows);
   add(groups * size_t(max_pages) * sizeof(void*));
   add(groups * size_t(max_pages) * sizeof(void*));
