@@ -14,6 +14,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/system_info.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -26,8 +27,6 @@ namespace {
 
 #ifdef RETRO_WITH_CUDA
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
 struct Case {
   int batch, num_q_heads, num_kv_heads, head_dim;
   std::vector<int32_t> lens;
@@ -37,7 +36,7 @@ struct Case {
 class DecodeAttentionGpu : public testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 
@@ -90,7 +89,9 @@ TEST_P(DecodeAttentionGpu, MatchesTheCpuTwin) {
   ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(c.batch) * hq * 4));
 
   cuda::DecodeAttentionPlan plan = cuda::plan_decode_attention(c.batch, hq, hk, d, max_len);
-  if (plan.workspace_bytes) ASSERT_CUDA(cudaMalloc(&dws, plan.workspace_bytes));
+  if (plan.workspace_bytes) {
+    ASSERT_CUDA(cudaMalloc(&dws, plan.workspace_bytes));
+  }
   cuda::DecodeAttentionParams p;
   p.q = dq;
   p.q_stride_batch = int64_t(hq) * d;

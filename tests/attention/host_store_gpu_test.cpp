@@ -11,6 +11,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/system_info.h"
 #include "tests/test_support.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -26,7 +27,7 @@ namespace {
 class HostStoreGpu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 

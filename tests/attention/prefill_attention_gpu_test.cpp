@@ -13,6 +13,7 @@
 #include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
 #include "runtime/core/system_info.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -25,8 +26,6 @@ namespace {
 
 #ifdef RETRO_WITH_CUDA
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
 struct PrefillCase {
   int64_t n_q, n_kv;
   int num_q_heads, num_kv_heads, head_dim;
@@ -35,7 +34,7 @@ struct PrefillCase {
 class PrefillAttentionGpu : public testing::TestWithParam<PrefillCase> {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 

@@ -19,6 +19,7 @@
 
 #include "runtime/core/dtype.h"
 #include "runtime/core/system_info.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -33,8 +34,6 @@ namespace {
 
 #ifdef RETRO_WITH_CUDA
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
 struct Sequence {
   std::vector<float> k, v;  // [tokens, kv_heads, d], bf16 values
 };
@@ -42,7 +41,7 @@ struct Sequence {
 class WaveKvGpu : public ::testing::TestWithParam<bool> {  // param: with a cluster cache
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 
@@ -217,7 +216,7 @@ INSTANTIATE_TEST_SUITE_P(Cache, WaveKvGpu, ::testing::Values(false, true),
 class WaveKvFp8Gpu : public ::testing::TestWithParam<bool> {  // param: with a cluster cache
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 
@@ -228,7 +227,7 @@ double fp8_rounded(float x, float s) { return double(fp8_e4m3_to_float(float_to_
 // order, rows straddling pages, groups at an offset in the store. Every scale is max |x| / 448 of its
 // own cluster (1 for the zero one) and every stored code is the host's e4m3 of x / scale.
 TEST(WaveKvOpsGpu, Fp8StoreScalesEachClusterByItsOwnRows) {
-  if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+  RETRO_SKIP_WITHOUT_GPU();
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);

@@ -29,6 +29,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/system_info.h"
 #include "tests/attention/reference.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -719,7 +720,7 @@ void check_contents(const Cache& c, const World& w) {
 class WaveRetrieveGpu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 

@@ -24,6 +24,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/system_info.h"
 #include "tests/attention/reference.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -35,8 +36,6 @@ namespace retro::attention {
 namespace {
 
 #ifdef RETRO_WITH_CUDA
-
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
 
 using cuda::WaveSelectBudgets;
 using cuda::WaveSelectPlan;
@@ -458,7 +457,7 @@ struct Case {
 class WaveSelectGpu : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
   }
 };
 
@@ -523,7 +522,7 @@ INSTANTIATE_TEST_SUITE_P(
 // The cluster count grows during decode inside a captured graph: the counts, budgets and sets must
 // follow the device-side num_clusters on every replay.
 TEST(WaveSelectGpuGraph, FollowsGrowingClusterCountsOnReplay) {
-  if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+  RETRO_SKIP_WITHOUT_GPU();
   RETRO_SEEDED(seed);
   std::mt19937_64 rng(seed);
   const std::vector<GroupSpec> full = {{8192}, {8192}, {8192}, {8192}};

@@ -12,6 +12,7 @@
 #include "runtime/ops.h"
 #include "runtime/rope.h"
 #include "runtime/sampler.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -25,12 +26,10 @@ namespace {
 
 #ifdef RETRO_WITH_CUDA
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
     seed_ = std::random_device{}();
     rng_.seed(seed_);
   }

@@ -28,6 +28,7 @@
 #include "runtime/open_tokenizer.h"
 #include "runtime/safetensors.h"
 #include "runtime/sampler.h"
+#include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
 #include <cuda_runtime.h>
@@ -49,7 +50,7 @@ constexpr float kBf16LogitTolerance = 0.1f;  // H100: 0.023-0.039 measured
 class NeedleModelGpu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (query_gpus().empty()) GTEST_SKIP() << "no CUDA device: " << query_cuda_runtime().error;
+    RETRO_SKIP_WITHOUT_GPU();
     if (!std::filesystem::exists(kModelDir / "config.json")) GTEST_SKIP() << "test model not found at " << kModelDir;
     ModelConfig config;
     auto weights = open_model(kModelDir.string(), &config);
