@@ -220,7 +220,7 @@ void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   set_slot_counts(slot, stream);
 }
 
-void WaveLayerKv::append(const void* k_new, const void* v_new, int batch, cudaStream_t stream) {
+void WaveLayerKv::check_append(int batch) const {
   RETRO_CHECK(batch > 0 && batch <= shape_.max_batch, "wave KV: batch {} of {} slots", batch, shape_.max_batch);
   for (int b = 0; b < batch; ++b) {
     const Slot& s = slots_[size_t(b)];
@@ -228,9 +228,18 @@ void WaveLayerKv::append(const void* k_new, const void* v_new, int batch, cudaSt
     RETRO_CHECK_KIND(s.clustered + s.steady < shape_.max_tokens, ErrorKind::kOutOfMemory,
                      "wave KV: slot {} is full ({} tokens)", b, shape_.max_tokens);
   }
+}
+
+void WaveLayerKv::append(const void* k_new, const void* v_new, int batch, cudaStream_t stream) {
+  check_append(batch);
   const int64_t row = int64_t(shape_.num_kv_heads) * shape_.head_dim;
   RETRO_CUDA_CHECK(steady_append(k_new, v_new, k_steady_.data(), v_steady_.data(), ptr<int32_t>(steady_len_), batch,
                                  row, steady_capacity_ * row, stream));
+  for (int b = 0; b < batch; ++b) ++slots_[size_t(b)].steady;
+}
+
+void WaveLayerKv::advance(int batch) {
+  check_append(batch);
   for (int b = 0; b < batch; ++b) ++slots_[size_t(b)].steady;
 }
 

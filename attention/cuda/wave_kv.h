@@ -82,6 +82,9 @@ class WaveLayerKv {
   // Appends one decode token per slot [0, batch): k_new, v_new [batch, num_kv_heads, head_dim] bf16.
   // Throws (before launching anything) when an update segment is due in a slot: call grow() first.
   void append(const void* k_new, const void* v_new, int batch, cudaStream_t stream);
+  // The host side of append() alone (its checks and the slots' token counts, which decide when
+  // grow() is due), for a step whose append kernel ran inside a replayed CUDA graph.
+  void advance(int batch);
   // True when the slot's next append needs grow() first (its steady zone is full).
   bool growth_due(int slot) const;
   // Clusters the oldest update_segment_tokens of the slot's recent tokens as one new index segment
@@ -119,6 +122,7 @@ class WaveLayerKv {
     int64_t steady = 0;     // rows in the steady zone
     int64_t sequence = -1;  // sequences this slot has held, for fresh cache uids
   };
+  void check_append(int batch) const;
   void add_segment(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream);
   void set_slot_counts(int slot, cudaStream_t stream);
   const WaveSelectPlan& select_plan(int batch);

@@ -162,8 +162,6 @@ struct GpuModel::Impl {
   std::unique_ptr<Allocator> pinned;            // wave: host store pages
   std::unique_ptr<wave::HostPagePool> pool;     // wave: shared by every layer's host store
   cudaStream_t stream = nullptr;
-  // Wave with graphs: a stream whose captures are thrown away (see advance_wave_counts).
-  cudaStream_t count_stream = nullptr;
   cublasHandle_t cublas = nullptr;
   Buffer embed, final_norm, lm_head;
   std::vector<Layer> layers;
@@ -469,21 +467,10 @@ struct GpuModel::Impl {
   }
 
   // WaveLayerKv advances the host copy of its steady-zone counts (which decide when grow() is due)
-  // in append(); a replayed graph runs append()'s kernel but not its host code. The same append()
-  // calls are therefore recorded into a capture on a side stream that is thrown away: the counts
-  // and checks advance exactly as in an eager step, and nothing runs on the device.
+  // in append(); a replayed graph runs append()'s kernel but not its host code, so the counts
+  // advance here.
   void advance_wave_counts(int batch) {
-    cudaGraph_t g = nullptr;
-    RETRO_CUDA_CHECK(cudaStreamBeginCapture(count_stream, cudaStreamCaptureModeThreadLocal));
-    try {
-      for (auto& kv : wave_kv) kv->append(decode_k(), decode_v(), batch, count_stream);
-    } catch (...) {
-      cudaStreamEndCapture(count_stream, &g);
-      if (g) cudaGraphDestroy(g);
-      throw;
-    }
-    RETRO_CUDA_CHECK(cudaStreamEndCapture(count_stream, &g));
-    if (g) RETRO_CUDA_CHECK(cudaGraphDestroy(g));
+    for (auto& kv : wave_kv) kv->advance(batch);
   }
 
   void decode_tokens(std::span<const int32_t> tokens, float* host_logits) {
@@ -729,7 +716,6 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
     if (allocated > m.plan.wave_kv)
       RETRO_LOG_WARN("wave KV allocated {} on cuda:{}, more than the {} the memory plan counted", format_bytes(allocated),
                      device, format_bytes(m.plan.wave_kv));
-    if (m.use_graph) RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.count_stream, cudaStreamNonBlocking));
     // WaveLayerKv initialises its state on the legacy default stream, which the model's
     // non-blocking stream does not wait for.
     RETRO_CUDA_CHECK(cudaDeviceSynchronize());
@@ -744,7 +730,6 @@ GpuModel::~GpuModel() {
     if (step.graph) cudaGraphExecDestroy(step.graph);
   impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
-  if (impl_->count_stream) cudaStreamDestroy(impl_->count_stream);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
   for (void* p : {static_cast<void*>(impl_->h_tokens), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_lens),
                   static_cast<void*>(impl_->h_logits)})
