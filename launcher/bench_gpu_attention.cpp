@@ -21,6 +21,7 @@
 
 #include "attention/cuda/decode_attention.h"
 #include "attention/cuda/prefill_attention.h"
+#include "launcher/device_buffer.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/fill.h"
 #include "runtime/core/system_info.h"
@@ -92,18 +93,6 @@ double median_ms(Fn&& fn, int warmup, int reps) {
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  explicit DeviceBuffer(size_t bytes) {
-    if (bytes) RETRO_CUDA_CHECK(cudaMalloc(&ptr, bytes));
-  }
-  ~DeviceBuffer() {
-    if (ptr) cudaFree(ptr);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
 
 void run_dense_decode(const DenseDecodeOptions& o) {
   auto gpus = query_gpus();

@@ -34,6 +34,7 @@
 
 #include "attention/cuda/decode_attention.h"
 #include "attention/cuda/wave_kv.h"
+#include "launcher/device_buffer.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/system_info.h"
 #endif
@@ -59,14 +60,6 @@ struct WaveBenchOptions {
 };
 
 #ifdef RETRO_WITH_CUDA
-
-struct Device {
-  void* ptr = nullptr;
-  explicit Device(size_t bytes) { RETRO_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(bytes, 1))); }
-  ~Device() { cudaFree(ptr); }
-  Device(const Device&) = delete;
-  Device& operator=(const Device&) = delete;
-};
 
 std::vector<bf16> to_bf16(const std::vector<float>& x) {
   std::vector<bf16> y(x.size());
@@ -142,7 +135,7 @@ void run_wave_bench(const WaveBenchOptions& o) {
         continue;
       }
       // Dense baseline KV [B, cap, hk, d] and the prompt on the device.
-      Device dk(dense_bytes / 2), dv(dense_bytes / 2), pk(kp.size() * 2), pv(vp.size() * 2);
+      DeviceBuffer dk(dense_bytes / 2), dv(dense_bytes / 2), pk(kp.size() * 2), pv(vp.size() * 2);
       RETRO_CUDA_CHECK(cudaMemcpy(pk.ptr, kp.data(), kp.size() * 2, cudaMemcpyHostToDevice));
       RETRO_CUDA_CHECK(cudaMemcpy(pv.ptr, vp.data(), vp.size() * 2, cudaMemcpyHostToDevice));
       for (int b = 0; b < B; ++b) {
@@ -152,7 +145,7 @@ void run_wave_bench(const WaveBenchOptions& o) {
                                     cudaMemcpyDeviceToDevice));
       }
       const DecodeAttentionPlan dplan = plan_decode_attention(B, hq, hk, d, cap);
-      Device dws(dplan.workspace_bytes), lens(size_t(B) * 4), q(size_t(B) * hq * d * 2), kn(size_t(B) * row * 2),
+      DeviceBuffer dws(dplan.workspace_bytes), lens(size_t(B) * 4), q(size_t(B) * hq * d * 2), kn(size_t(B) * row * 2),
           vn(size_t(B) * row * 2), out_dense(size_t(B) * hq * d * 2), out_wave(size_t(B) * hq * d * 2);
       DecodeAttentionParams dp;
       dp.q = q.ptr;
@@ -196,7 +189,7 @@ void run_wave_bench(const WaveBenchOptions& o) {
         const double build_ms =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / B;
         const WaveCacheLayout layout = plan_wave_cache(buffer, d);
-        Device cache_mem(layout.bytes);
+        DeviceBuffer cache_mem(layout.bytes);
         const WaveCacheView cache = init_wave_cache(layout, cache_mem.ptr, nullptr);
 
         cudaEvent_t e0, e1, e2, e_select;

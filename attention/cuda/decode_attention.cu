@@ -3,6 +3,7 @@
 
 #include "attention/cuda/decode_attention.cuh"
 #include "attention/cuda/decode_attention.h"
+#include "attention/cuda/impl/group_dispatch.h"
 
 namespace retro::attention::cuda {
 
@@ -44,31 +45,14 @@ int ctas_per_sm() {
 
 template <int kHeadDim>
 int ctas_per_sm_for_group(int group) {
-  switch (group) {
-    case 1: return ctas_per_sm<kHeadDim, 1>();
-    case 2: return ctas_per_sm<kHeadDim, 2>();
-    case 4: return ctas_per_sm<kHeadDim, 4>();
-    case 5: return ctas_per_sm<kHeadDim, 5>();
-    case 6: return ctas_per_sm<kHeadDim, 6>();
-    case 7: return ctas_per_sm<kHeadDim, 7>();
-    case 8: return ctas_per_sm<kHeadDim, 8>();
-    default: return 1;
-  }
+  return impl::with_group_size(group, 1, [](auto g) { return ctas_per_sm<kHeadDim, decltype(g)::value>(); });
 }
 
 template <int kHeadDim>
 cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* ws,
                            cudaStream_t s) {
-  switch (p.num_q_heads / p.num_kv_heads) {
-    case 1: return launch<kHeadDim, 1>(p, plan, ws, s);
-    case 2: return launch<kHeadDim, 2>(p, plan, ws, s);
-    case 4: return launch<kHeadDim, 4>(p, plan, ws, s);
-    case 5: return launch<kHeadDim, 5>(p, plan, ws, s);
-    case 6: return launch<kHeadDim, 6>(p, plan, ws, s);
-    case 7: return launch<kHeadDim, 7>(p, plan, ws, s);
-    case 8: return launch<kHeadDim, 8>(p, plan, ws, s);
-    default: return cudaErrorInvalidValue;
-  }
+  return impl::with_group_size(p.num_q_heads / p.num_kv_heads, cudaErrorInvalidValue,
+                               [&](auto g) { return launch<kHeadDim, decltype(g)::value>(p, plan, ws, s); });
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include "attention/cuda/wave_retrieve.cuh"
 #include "attention/cuda/wave_retrieve.h"
+#include "attention/cuda/impl/group_dispatch.h"
 
 namespace retro::attention::cuda {
 
@@ -64,30 +65,14 @@ int ctas_per_sm(int retrieve_capacity) {
 
 template <int kHeadDim>
 int ctas_per_sm_for_group(int group, int retrieve_capacity) {
-  switch (group) {
-    case 1: return ctas_per_sm<kHeadDim, 1>(retrieve_capacity);
-    case 2: return ctas_per_sm<kHeadDim, 2>(retrieve_capacity);
-    case 4: return ctas_per_sm<kHeadDim, 4>(retrieve_capacity);
-    case 5: return ctas_per_sm<kHeadDim, 5>(retrieve_capacity);
-    case 6: return ctas_per_sm<kHeadDim, 6>(retrieve_capacity);
-    case 7: return ctas_per_sm<kHeadDim, 7>(retrieve_capacity);
-    case 8: return ctas_per_sm<kHeadDim, 8>(retrieve_capacity);
-    default: return 1;
-  }
+  return impl::with_group_size(
+      group, 1, [&](auto g) { return ctas_per_sm<kHeadDim, decltype(g)::value>(retrieve_capacity); });
 }
 
 template <int kHeadDim>
 cudaError_t dispatch_group(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, void* ws, cudaStream_t s) {
-  switch (plan.group_size) {
-    case 1: return launch<kHeadDim, 1>(p, plan, ws, s);
-    case 2: return launch<kHeadDim, 2>(p, plan, ws, s);
-    case 4: return launch<kHeadDim, 4>(p, plan, ws, s);
-    case 5: return launch<kHeadDim, 5>(p, plan, ws, s);
-    case 6: return launch<kHeadDim, 6>(p, plan, ws, s);
-    case 7: return launch<kHeadDim, 7>(p, plan, ws, s);
-    case 8: return launch<kHeadDim, 8>(p, plan, ws, s);
-    default: return cudaErrorInvalidValue;
-  }
+  return impl::with_group_size(plan.group_size, cudaErrorInvalidValue,
+                               [&](auto g) { return launch<kHeadDim, decltype(g)::value>(p, plan, ws, s); });
 }
 
 }  // namespace

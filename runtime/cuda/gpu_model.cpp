@@ -236,6 +236,27 @@ struct GpuModel::Impl {
 
   float sm_scale() const { return 1.0f / std::sqrt(float(config.head_dim)); }
 
+  // Causal attention of a prompt chunk: the n_q query rows in `q` are the last n_q of the n_kv
+  // token-major K/V rows at k, v ([n_kv, kv_heads, head_dim] bf16) -> attn.
+  void chunk_attention(const void* k, const void* v, int64_t n_q, int64_t n_kv) {
+    const ModelConfig& c = config;
+    attention::cuda::PrefillAttentionParams a;
+    a.q = q.data();
+    a.q_stride_token = int64_t(c.num_heads) * c.head_dim;
+    a.k = k;
+    a.v = v;
+    a.kv_stride_token = int64_t(c.num_kv_heads) * c.head_dim;
+    a.kv_stride_head = c.head_dim;
+    a.out = attn.data();
+    a.n_q = n_q;
+    a.n_kv = n_kv;
+    a.num_q_heads = c.num_heads;
+    a.num_kv_heads = c.num_kv_heads;
+    a.head_dim = c.head_dim;
+    a.sm_scale = sm_scale();
+    attention::cuda::run_prefill_attention(a, stream);
+  }
+
   // RMSNorm -> Q, K, V projections (+ biases) -> RoPE for n tokens. xp [n, hidden] bf16 -> q
   // [n, q_heads, head_dim]; K/V rows [n, kv_heads, head_dim] bf16 at k_rows, v_rows; pos [n] (device).
   void attention_inputs(const Layer& L, const void* xp, int64_t n, const int64_t* pos, void* k_rows, void* v_rows) {
@@ -339,21 +360,7 @@ struct GpuModel::Impl {
           RETRO_CUDA_CHECK(cudaMemcpyAsync(v_slot + offset, static_cast<const char*>(inputs_override.prompt_v) + offset,
                                            bytes, cudaMemcpyDeviceToDevice, stream));
         }
-        attention::cuda::PrefillAttentionParams a;
-        a.q = q.data();
-        a.q_stride_token = nq * d;
-        a.k = k_slot;
-        a.v = v_slot;
-        a.kv_stride_token = nkv * d;
-        a.kv_stride_head = d;
-        a.out = attn.data();
-        a.n_q = n;
-        a.n_kv = length + n;
-        a.num_q_heads = int(nq);
-        a.num_kv_heads = int(nkv);
-        a.head_dim = int(d);
-        a.sm_scale = sm_scale();
-        attention::cuda::run_prefill_attention(a, stream);
+        chunk_attention(k_slot, v_slot, n, length + n);
       }
       attention_output_and_mlp(L, x.data(), n);
     }
@@ -389,7 +396,7 @@ struct GpuModel::Impl {
                 slot, lengths[size_t(slot)]);
     check_prompt_override(n);
     const ModelConfig& c = config;
-    const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, row = nkv * d;
+    const int64_t h = c.hidden_size, d = c.head_dim, nkv = c.num_kv_heads, row = nkv * d;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
     // With an override the projections still fill prompt_k/prompt_v (their time is real), but the
     // chunks attend over, and the index is built from, the override's rows.
@@ -409,21 +416,7 @@ struct GpuModel::Impl {
           const int64_t m = std::min(max_chunk, n - start);
           char* xs = bf(hidden) + start * h * 2;
           attention_inputs(L, xs, m, dpos + start, bf(prompt_k) + start * row * 2, bf(prompt_v) + start * row * 2);
-          attention::cuda::PrefillAttentionParams a;
-          a.q = q.data();
-          a.q_stride_token = nq * d;
-          a.k = attend_k;
-          a.v = attend_v;
-          a.kv_stride_token = row;
-          a.kv_stride_head = d;
-          a.out = attn.data();
-          a.n_q = m;
-          a.n_kv = start + m;
-          a.num_q_heads = int(nq);
-          a.num_kv_heads = int(nkv);
-          a.head_dim = int(d);
-          a.sm_scale = sm_scale();
-          attention::cuda::run_prefill_attention(a, stream);
+          chunk_attention(attend_k, attend_v, m, start + m);
           attention_output_and_mlp(L, xs, m);
         }
         wave_kv[l]->build(slot, attend_k, attend_v, n, row, stream);
