@@ -10,6 +10,12 @@
 // are one generated sequence, and each decode step takes one generated K/V row (shared by the slots,
 // so its RoPE position is theirs) and, per slot, a query of the slot's own AR(1) stream, the same in
 // every layer. `random` keeps the model's own attention inputs (random prompt tokens).
+//
+// Tensor parallelism: `mpirun -np N retroinfer bench model --tp N` shards the model over N GPUs
+// (parallel/gpu_tensor_parallel.h); each rank generates the synthetic inputs of its own heads, world
+// rank 0 prints, and each row adds the time of one all-reduce of the step's hidden rows (measured
+// alone, on the model's stream) and the share of the step that the model's two all-reduces per layer
+// take at that time.
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -38,6 +44,8 @@
 
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/system_info.h"
+#include "parallel/gpu_tensor_parallel.h"
+#include "parallel/mpi_world.h"
 #include "runtime/cuda/gpu_model.h"
 #endif
 
@@ -66,6 +74,7 @@ struct GpuModelBenchOptions {
   // Attention inputs: synthetic (the workload generator's) or random (the model's own).
   std::string workload = "synthetic";
   uint64_t seed = 1;
+  int tp = 0;  // tensor-parallel ranks; 0: every process of the mpirun launch
 };
 
 #ifdef RETRO_WITH_CUDA
@@ -208,10 +217,41 @@ class SyntheticAttentionInputs {
   std::vector<bf16> step_k_, step_v_;  // [steps, kv_heads, head_dim]
 };
 
+// Mean time of one bf16 all-reduce of `rows` hidden rows over the model's group, on its stream, in
+// microseconds (0 for a whole model).
+double all_reduce_us(parallel::GpuModelShard& shard, Allocator& device, int64_t rows) {
+  if (shard.plan().shard.is_whole()) return 0.0;
+  parallel::Communicator& comm = shard.device_group();
+  const int64_t count = rows * shard.model().config().hidden_size;
+  TensorBuffer data(device, DType::kBF16, {count}, MemoryPurpose::kWorkspace);
+  RETRO_CUDA_CHECK(cudaMemset(data.data(), 0, size_t(count) * 2));
+  RETRO_CUDA_CHECK(cudaDeviceSynchronize());
+  constexpr int kWarmup = 8, kReps = 64;
+  for (int i = 0; i < kWarmup; ++i) comm.all_reduce_sum(data.view());
+  comm.barrier();
+  const auto a = std::chrono::steady_clock::now();
+  for (int i = 0; i < kReps; ++i) comm.all_reduce_sum(data.view());
+  comm.barrier();
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count() / kReps;
+}
+
+// fmt::print on world rank 0 only.
+template <typename... T>
+void say(bool leader, fmt::format_string<T...> format, T&&... args) {
+  if (leader) fmt::print(format, std::forward<T>(args)...);
+}
+
 void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   auto gpus = query_gpus();
   RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
                    query_cuda_runtime().error);
+  const parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.tp);
+  RETRO_CHECK_KIND(world.local_device >= 0 && world.local_device < int(gpus.size()), ErrorKind::kUnsupported,
+                   "rank {} has no GPU of its own ({} visible to {} ranks of this node)", world.rank, gpus.size(),
+                   world.local_size);
+  const int device = world.local_device;
+  RETRO_CUDA_CHECK(cudaSetDevice(device));
+  const bool leader = world.is_world_leader();  // prints; every rank runs the same steps
   std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
   std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
   const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
@@ -223,41 +263,49 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   auto t0 = Clock::now();
   runtime::ModelConfig config;
   auto weights = runtime::open_model(o.model, &config);
+  // Planned before any collective, so a tp that does not fit the model fails on every rank alike.
+  const runtime::ModelShard shard_plan = parallel::plan_sharding(config, world.tp, world.tp_rank).shard;
   // Allocated before the model, so that the model's check of free device memory counts them.
-  std::unique_ptr<Allocator> input_memory;
+  std::unique_ptr<Allocator> input_memory = make_device_allocator(device);
   std::unique_ptr<SyntheticAttentionInputs> inputs;
-  if (synthetic) {
-    input_memory = make_device_allocator(0);
-    inputs = std::make_unique<SyntheticAttentionInputs>(config, max_context, max_batch, o.seed, *input_memory);
-  }
-  runtime::cuda::GpuModel model(config, *weights, 0, max_context + o.decode_tokens, gpu_options(o, max_batch));
-  fmt::print("model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
+  if (synthetic)
+    inputs = std::make_unique<SyntheticAttentionInputs>(runtime::shard_config(config, shard_plan), max_context,
+                                                        max_batch, o.seed, *input_memory);
+  std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
+  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + o.decode_tokens,
+                                gpu_options(o, max_batch));
+  runtime::cuda::GpuModel& model = shard.model();
+  say(leader, "model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
              "step {}\n",
-             o.model, gpus[0].name, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
-             std::chrono::duration<double>(Clock::now() - t0).count(), o.attention,
+             o.model, gpus[size_t(device)].name, config.num_layers, config.hidden_size, config.num_heads,
+             config.num_kv_heads, std::chrono::duration<double>(Clock::now() - t0).count(), o.attention,
              o.eager ? "launched eagerly" : "a CUDA graph");
+  if (world.tp > 1)
+    say(leader, "tensor parallel over {} GPUs (NCCL), per rank: {} q / {} kv heads, {} MLP channels, {} vocabulary rows\n",
+        world.tp, shard_plan.q_heads.size(), shard_plan.kv_heads.size(), shard_plan.intermediate.size(),
+        shard_plan.vocab.size());
   const runtime::cuda::GpuModelMemoryPlan& plan = model.memory_plan();
   if (wave) {
-    fmt::print("device memory: {} weights, {} wave KV, {} cluster cache, {} prefill buffers, {} activations; budgets "
+    say(leader, "device memory: {} weights, {} wave KV, {} cluster cache, {} prefill buffers, {} activations; budgets "
                "{} retrieved (at least {} clusters), {} estimated\n",
                format_bytes(plan.weights), format_bytes(plan.wave_kv), format_bytes(plan.cluster_cache),
                format_bytes(plan.prefill), format_bytes(plan.activations), o.retrieval_budget, o.min_retrieve_clusters,
                o.estimation_budget);
   } else {
-    fmt::print("device memory: {} weights, {} KV cache, {} activations\n", format_bytes(plan.weights),
+    say(leader, "device memory: {} weights, {} KV cache, {} activations\n", format_bytes(plan.weights),
                format_bytes(plan.kv_cache), format_bytes(plan.activations));
   }
   if (synthetic) {
     const attention::SyntheticParams& sp = inputs->params();
-    fmt::print("attention inputs: synthetic workload, seed {} (rope_theta {}, {} needles per KV head at logit {}, "
+    say(leader, "attention inputs: synthetic workload, seed {} (rope_theta {}, {} needles per KV head at logit {}, "
                "queries AR(1) with rho {}); per context one prompt K/V for every slot and layer, per step one new K/V "
                "row for every slot and one query per slot, the same in every layer ({} of device memory)\n",
                sp.seed, sp.rope_theta, sp.num_needles, sp.needle_logit, sp.query_correlation,
                format_bytes(inputs->device_bytes()));
   } else {
-    fmt::print("attention inputs: the model's own, on random prompt tokens\n");
+    say(leader, "attention inputs: the model's own, on random prompt tokens\n");
   }
-  fmt::print("\n");
+  say(leader, "\n");
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
   std::mt19937 rng(1);
@@ -277,24 +325,24 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       model.prefill(s, prompt, logits.data());
     }
     for (int s = 0; s < max_batch; ++s) model.reset(s);
-    fmt::print("(warm-up: {} prompts of {} tokens pinned {} of host memory in {:.1f} s, untimed)\n\n", max_batch,
+    say(leader, "(warm-up: {} prompts of {} tokens pinned {} of host memory in {:.1f} s, untimed)\n\n", max_batch,
                max_context, format_bytes(model.host_pinned_bytes()),
                std::chrono::duration<double>(Clock::now() - a).count());
   }
   if (wave) {
-    fmt::print("| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s | cache hit ratio | "
+    say(leader, "| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s | cache hit ratio | "
                "host MB/step | retrieved clusters/group | estimated clusters/group | retrieved tokens/group | host KV "
                "GiB |\n");
-    fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    say(leader, "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else {
-    fmt::print("| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s |\n");
-    fmt::print("|---|---|---|---|---|---|\n");
+    say(leader, "| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s |\n");
+    say(leader, "|---|---|---|---|---|---|\n");
   }
   for (int64_t ctx : contexts) {
     if (synthetic) {
       auto a = Clock::now();
       model.set_attention_override(inputs->start_context(ctx));
-      fmt::print("(synthetic K/V of {} tokens generated in {:.1f} s, untimed)\n", ctx,
+      say(leader, "(synthetic K/V of {} tokens generated in {:.1f} s, untimed)\n", ctx,
                  std::chrono::duration<double>(Clock::now() - a).count());
     }
     for (int64_t bs : batches) {
@@ -328,15 +376,16 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       const double prefill_tps = double(ctx * bs) / prefill_s, decode_tps = double(bs) * 1e3 / step_ms;
       nlohmann::ordered_json row{{"bench", "model"},          {"backend", "cuda"},
                                  {"attention", o.attention},    {"model", o.model},
-                                 {"device", gpus[0].name},      {"context", ctx},
+                                 {"device", gpus[size_t(device)].name}, {"context", ctx},
                                  {"batch", bs},                 {"prefill_s", prefill_s},
                                  {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
                                  {"workload", o.workload}};
+      row["tp"] = world.tp;
       if (synthetic) row["seed"] = o.seed;
       if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
-        fmt::print("| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} |\n", ctx, bs, prefill_s, prefill_tps, step_ms,
+        say(leader, "| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} |\n", ctx, bs, prefill_s, prefill_tps, step_ms,
                    decode_tps);
       } else {
         const attention::cuda::WaveCacheCounters after = model.wave_cache_counters();
@@ -347,7 +396,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         const attention::cuda::WaveKvStats st = model.wave_stats(int(bs));
         const double groups = double(std::max<int64_t>(st.groups, 1));
         const double host_gib = double(model.host_kv_bytes()) / double(size_t(1) << 30);
-        fmt::print("| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} | {:.3f} | {:.2f} | {:.1f} | {:.1f} | {:.0f} | {:.2f} |\n",
+        say(leader, "| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} | {:.3f} | {:.2f} | {:.1f} | {:.1f} | {:.0f} | {:.2f} |\n",
                    ctx, bs, prefill_s, prefill_tps, step_ms, decode_tps, hit_ratio, host_mb_per_step,
                    double(st.retrieved_clusters) / groups, double(st.estimated_clusters) / groups,
                    double(st.retrieved_tokens) / groups, host_gib);
@@ -364,8 +413,17 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         row["clusters_per_group"] = double(st.clusters) / groups;
         row["host_kv_bytes"] = model.host_kv_bytes();
       }
+      if (world.tp > 1) {
+        // Each layer all-reduces the step's hidden rows twice (after O and after down).
+        const double us = all_reduce_us(shard, *input_memory, bs);
+        const double share = 2.0 * config.num_layers * us / (step_ms * 1e3);
+        say(leader, "(tp {}: one all-reduce of {} hidden rows takes {:.1f} us alone; {} per step = {:.1f}% of the step)\n",
+            world.tp, bs, us, 2 * config.num_layers, 100.0 * share);
+        row["all_reduce_us"] = us;
+        row["all_reduce_share_of_step"] = share;
+      }
       std::fflush(stdout);
-      if (json) *json << row.dump() << "\n";
+      if (json && leader) *json << row.dump() << "\n";
     }
   }
 }
@@ -408,6 +466,10 @@ void register_gpu_model_bench(CLI::App& bench) {
                   "in place of the model's own) or random (the model's own on random tokens)")
       ->check(CLI::IsMember({"synthetic", "random"}))
       ->capture_default_str();
+  cmd->add_option("--tp", o->tp,
+                  "Tensor-parallel GPUs per model, one mpirun rank each (default: every process of the mpirun "
+                  "launch, 1 without mpirun)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", o->seed, "Synthetic workload seed")->capture_default_str();
   cmd->callback([o] {
 #ifdef RETRO_WITH_CUDA

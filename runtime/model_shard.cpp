@@ -39,4 +39,12 @@ void ModelShard::validate(const ModelConfig& config) const {
               vocab.end, vocab_chunk, rank, config.vocab_size, tp);
 }
 
+ModelConfig shard_config(const ModelConfig& config, const ModelShard& shard) {
+  ModelConfig local = config;
+  local.num_heads = static_cast<int>(shard.q_heads.size());
+  local.num_kv_heads = static_cast<int>(shard.kv_heads.size());
+  local.intermediate_size = static_cast<int>(shard.intermediate.size());
+  return local;
+}
+
 }  // namespace retro::runtime

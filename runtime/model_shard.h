@@ -12,6 +12,8 @@
 
 #include "runtime/model_config.h"
 
+struct CUstream_st;  // cudaStream_t, without the CUDA headers
+
 namespace retro::runtime {
 
 // [begin, end) of some index (heads, channels, vocabulary rows).
@@ -52,5 +54,22 @@ class ShardCollectives {
   // send [count] of every rank -> recv [group size * count], in group-rank order.
   virtual void all_gather(const float* send, int64_t count, float* recv) = 0;
 };
+
+// The same two collectives over device memory for the GPU model (runtime/cuda/gpu_model.h), enqueued
+// on stream() with no host wait, so a captured decode step replays them. The model runs every kernel
+// on that stream.
+class DeviceShardCollectives {
+ public:
+  virtual ~DeviceShardCollectives() = default;
+  // bf16 data [count] (device): replaced by its element-wise sum over the group.
+  virtual void all_reduce_sum_bf16(void* data, int64_t count) = 0;
+  // fp32 send [count] of every rank (device) -> recv [group size * count], in group-rank order.
+  virtual void all_gather_fp32(const float* send, int64_t count, float* recv) = 0;
+  virtual CUstream_st* stream() const = 0;
+};
+
+// `config` with the head and channel counts of `shard` (num_heads, num_kv_heads and
+// intermediate_size); the vocabulary and everything else stay the whole model's.
+ModelConfig shard_config(const ModelConfig& config, const ModelShard& shard);
 
 }  // namespace retro::runtime

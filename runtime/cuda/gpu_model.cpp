@@ -149,7 +149,11 @@ GpuModelOptions dense_options(int64_t max_chunk, bool use_cuda_graph, int max_ba
 }  // namespace
 
 struct GpuModel::Impl {
-  ModelConfig config;
+  ModelConfig full_config;  // the whole model
+  ModelConfig config;       // this shard's heads and MLP channels (shard_config); the whole model unsharded
+  ModelShard shard;
+  DeviceShardCollectives* collectives = nullptr;  // null: whole
+  bool own_stream = true;                         // false: the collectives' stream
   GpuModelOptions options;
   GpuModelMemoryPlan plan;
   int device = 0;
@@ -166,7 +170,9 @@ struct GpuModel::Impl {
   Buffer embed, final_norm, lm_head;
   std::vector<Layer> layers;
   // Workspaces for max_chunk tokens (ids and positions: wave mode, a whole prompt).
-  Buffer x, xn, q, attn, gate, up, logits, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
+  // logits: [max_batch, vocab_chunk] fp32, this shard's vocabulary rows; gathered: [tp, max_batch,
+  // vocab_chunk], every rank's (tp > 1).
+  Buffer x, xn, q, attn, gate, up, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
   // Wave prefill, layer-major.
   Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
   Buffer prompt_k, prompt_v;  // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt
@@ -177,7 +183,7 @@ struct GpuModel::Impl {
   int32_t* h_tokens = nullptr;  // [max_batch]
   int64_t* h_pos = nullptr;     // [max_batch]
   int32_t* h_lens = nullptr;    // [max_batch]
-  float* h_logits = nullptr;    // [max(max_batch, 1), vocab]
+  float* h_logits = nullptr;    // [tp, max_batch, vocab_chunk]
   bool use_graph = true;
   // Per decode batch size: its plan, workspace and captured step.
   struct DecodeStep {
@@ -203,8 +209,15 @@ struct GpuModel::Impl {
                 inputs_override.prompt_tokens, end);
   }
 
+  // The shapes this model (or shard) expects of each weight, by name.
+  std::unordered_map<std::string, Shape> weight_shapes;
+
   Buffer upload_weight(const WeightSource& w, const std::string& name) {
     WeightInfo info = w.info(name);
+    const Shape& want = weight_shapes.at(name);
+    RETRO_CHECK_KIND(info.shape == want, ErrorKind::kInvalidInput,
+                     "tensor '{}' has shape {}, rank {} of {} expects {}", name, info.shape.str(), shard.rank, shard.tp,
+                     want.str());
     std::vector<bf16> host(static_cast<size_t>(info.shape.numel()));
     w.read(name, Tensor(host.data(), DType::kBF16, info.shape));
     Buffer b = allocator->allocate(host.size() * 2, MemoryPurpose::kWeights);
@@ -212,13 +225,22 @@ struct GpuModel::Impl {
     return b;
   }
 
-  // y[n, out] (bf16) = x[n, in] (bf16) @ w[out, in]^T, + beta * y; fp32 accumulation.
+  // y[n, out] (bf16) = x[n, in] (bf16) @ w[out, in]^T, + beta * y; fp32 accumulation. Rows of y
+  // are ldy elements apart (0: out).
   void gemm(const void* xp, int64_t n, int64_t in, const void* w, int64_t out, void* y, float beta,
-            cudaDataType_t y_type = CUDA_R_16BF) {
+            cudaDataType_t y_type = CUDA_R_16BF, int64_t ldy = 0) {
     const float alpha = 1.0f;
     RETRO_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(n), int(in), &alpha, w, CUDA_R_16BF,
-                                    int(in), xp, CUDA_R_16BF, int(in), &beta, y, y_type, int(out),
+                                    int(in), xp, CUDA_R_16BF, int(in), &beta, y, y_type, int(ldy ? ldy : out),
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  // Row-parallel projections (O, down) of a shard produce partial sums: the group's first rank adds
+  // them to the residual stream, the others overwrite it, and one all-reduce leaves the sum on every
+  // rank. Whole: the plain residual add.
+  float residual_beta() const { return collectives == nullptr || shard.rank == 0 ? 1.0f : 0.0f; }
+  void reduce_residual(void* xp, int64_t n) {
+    if (collectives != nullptr) collectives->all_reduce_sum_bf16(xp, n * config.hidden_size);
   }
 
   void check_slot(int slot) const {
@@ -281,7 +303,8 @@ struct GpuModel::Impl {
   void attention_output_and_mlp(const Layer& L, void* xp, int64_t n) {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, f = c.intermediate_size;
-    gemm(attn.data(), n, nq * d, L.wo.data(), h, xp, 1.0f);  // x += o
+    gemm(attn.data(), n, nq * d, L.wo.data(), h, xp, residual_beta());  // x += o
+    reduce_residual(xp, n);
     if (L.bo) RETRO_CUDA_CHECK(add_bias(xp, L.bo.data(), n, h, stream));
     RETRO_CUDA_CHECK(rms_norm(xp, L.post_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
     gemm(xn.data(), n, h, L.w_gate.data(), f, gate.data(), 0.0f);
@@ -291,19 +314,43 @@ struct GpuModel::Impl {
       RETRO_CUDA_CHECK(add_bias(up.data(), L.b_up.data(), n, f, stream));
     }
     RETRO_CUDA_CHECK(silu_mul(gate.data(), up.data(), gate.data(), n * f, stream));
-    gemm(gate.data(), n, f, L.w_down.data(), h, xp, 1.0f);  // x += mlp
+    gemm(gate.data(), n, f, L.w_down.data(), h, xp, residual_beta());  // x += mlp
+    reduce_residual(xp, n);
     if (L.b_down) RETRO_CUDA_CHECK(add_bias(xp, L.b_down.data(), n, h, stream));
   }
 
-  // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits
-  // [rows, vocab] fp32, copied in stream order.
+  // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits, copied in
+  // stream order: [rows, vocab] fp32, or for a shard the gathered blocks [tp, rows, vocab_chunk] of
+  // every rank's vocabulary rows (copy_logits puts them in place).
   void project_logits(const void* xp, int64_t rows) {
     const ModelConfig& c = config;
     RETRO_CUDA_CHECK(rms_norm(xp, final_norm.data(), xn.data(), rows, c.hidden_size, c.rms_norm_eps, stream));
-    const Buffer& head = c.tie_word_embeddings ? embed : lm_head;
-    gemm(xn.data(), rows, c.hidden_size, head.data(), c.vocab_size, logits.data(), 0.0f, CUDA_R_32F);
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, logits.data(), size_t(rows * c.vocab_size) * 4, cudaMemcpyDeviceToHost,
-                                     stream));
+    // Tied: this shard's head is its block of rows of the (replicated) embedding.
+    const char* head = c.tie_word_embeddings ? static_cast<const char*>(embed.data()) + shard.vocab.begin * c.hidden_size * 2
+                                             : static_cast<const char*>(lm_head.data());
+    const int64_t chunk = shard.vocab_chunk;
+    gemm(xn.data(), rows, c.hidden_size, head, shard.vocab.size(), logits.data(), 0.0f, CUDA_R_32F, chunk);
+    const void* out = logits.data();
+    if (collectives != nullptr) {
+      collectives->all_gather_fp32(static_cast<const float*>(logits.data()), rows * chunk,
+                                   static_cast<float*>(gathered.data()));
+      out = gathered.data();
+    }
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, out, size_t(shard.tp * rows * chunk) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // After the stream is synchronised: h_logits of `rows` rows -> out [rows, vocab].
+  void copy_logits(int64_t rows, float* out) const {
+    const int64_t vocab = config.vocab_size, chunk = shard.vocab_chunk;
+    if (shard.is_whole()) {
+      std::copy_n(h_logits, size_t(rows * vocab), out);
+      return;
+    }
+    for (int r = 0; r < shard.tp; ++r) {
+      const IndexRange range = shard.vocab_of(r, vocab);
+      for (int64_t i = 0; i < rows; ++i)
+        std::copy_n(h_logits + (r * rows + i) * chunk, size_t(range.size()), out + i * vocab + range.begin);
+    }
   }
 
   // Every launch of one step over n tokens whose ids, positions and total length are already in
@@ -380,7 +427,7 @@ struct GpuModel::Impl {
     run_layers(n, /*decode_step=*/false, host_logits != nullptr, slot);
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     length += n;
-    if (host_logits != nullptr) std::copy_n(h_logits, config.vocab_size, host_logits);
+    if (host_logits != nullptr) copy_logits(1, host_logits);
   }
 
   // Wave prefill, layer-major: for each layer, every chunk of the prompt runs through it (its K/V
@@ -429,7 +476,7 @@ struct GpuModel::Impl {
       throw;
     }
     lengths[size_t(slot)] = n;
-    if (host_logits != nullptr) std::copy_n(h_logits, c.vocab_size, host_logits);
+    if (host_logits != nullptr) copy_logits(1, host_logits);
   }
 
   // Best effort (after an error the stream may be broken too): every layer forgets the slot.
@@ -509,7 +556,7 @@ struct GpuModel::Impl {
     }
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int b = 0; b < batch; ++b) lengths[size_t(b)] += 1;
-    std::copy_n(h_logits, size_t(batch) * size_t(config.vocab_size), host_logits);
+    copy_logits(batch, host_logits);
   }
 
   void set_attention_override(const AttentionInputOverride& o) {
@@ -546,14 +593,23 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& c, int64_t max_token
 }
 
 GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& c, int64_t max_tokens, const GpuModelOptions& o) {
+  return plan_gpu_model_memory(c, max_tokens, o, ModelShard::whole(c));
+}
+
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_tokens, const GpuModelOptions& o,
+                                         const ModelShard& shard) {
+  const ModelConfig c = shard_config(full, shard);
   const int64_t max_chunk = o.max_chunk;
   const int max_batch = o.max_batch;
   GpuModelMemoryPlan p;
   for (const WeightInfo& w : expected_weights(c)) p.weights += size_t(w.shape.numel()) * 2;
+  // A shard's LM head holds only its vocabulary rows (the embedding is whole on every rank).
+  if (!c.tie_word_embeddings) p.weights -= size_t(c.vocab_size - shard.vocab.size()) * size_t(c.hidden_size) * 2;
   const size_t rows = size_t(std::max<int64_t>(std::min(max_chunk, max_tokens), max_batch));
   const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
-  p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + size_t(max_batch) * size_t(c.vocab_size) * 4 + rows * 12 +
-                  (size_t(32) << 20);  // + cuBLAS workspace
+  const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 1;  // own block (+ the gathered ones)
+  p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + logit_blocks * size_t(max_batch) * size_t(shard.vocab_chunk) * 4 +
+                  rows * 12 + (size_t(32) << 20);  // + cuBLAS workspace
   if (o.attention == attention::AttentionMode::kDense) {
     p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
     return p;
@@ -571,6 +627,10 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
 
 GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
                    const GpuModelOptions& options)
+    : GpuModel(config, weights, device, max_tokens, options, ModelShard::whole(config), nullptr) {}
+
+GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
+                   const GpuModelOptions& options, const ModelShard& shard, DeviceShardCollectives* collectives)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   const int64_t max_chunk = options.max_chunk;
@@ -582,9 +642,17 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.max_batch = max_batch;
   m.lengths.assign(size_t(max_batch), 0);
   m.steps.resize(size_t(max_batch) + 1);
-  m.config = config;
-  m.config.validate();
-  validate_weights(m.config, weights);
+  m.full_config = config;
+  m.full_config.validate();
+  shard.validate(m.full_config);
+  RETRO_CHECK(shard.is_whole() == (collectives == nullptr),
+              "a GPU model shard of a {}-rank group needs device collectives (and a whole model none)", shard.tp);
+  m.shard = shard;
+  m.collectives = collectives;
+  m.config = shard_config(m.full_config, shard);
+  // A whole model is checked up front, listing every problem; a shard's source (ShardedWeightSource)
+  // checked the whole checkpoint, and each slice's shape is checked as it is read.
+  if (shard.is_whole()) validate_weights(m.config, weights);
   RETRO_CHECK(max_tokens > 0 && max_chunk > 0, "GPU model needs positive max_tokens and max_chunk");
   if (m.wave_mode) {
     options.wave.validate();
@@ -596,7 +664,7 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.allocator = make_device_allocator(device);
   RETRO_CUDA_CHECK(cudaSetDevice(device));
   {
-    m.plan = plan_gpu_model_memory(m.config, max_tokens, options);
+    m.plan = plan_gpu_model_memory(m.full_config, max_tokens, options, shard);
     const GpuModelMemoryPlan& plan = m.plan;
     size_t free_b = 0, total_b = 0;
     RETRO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
@@ -618,11 +686,18 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
                        format_bytes(total_b));
     }
   }
-  RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  if (collectives != nullptr) {
+    m.stream = collectives->stream();
+    m.own_stream = false;
+  } else {
+    RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  }
   RETRO_CUBLAS_CHECK(cublasCreate(&m.cublas));
   RETRO_CUBLAS_CHECK(cublasSetStream(m.cublas, m.stream));
   const ModelConfig& c = m.config;
   const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads, f = c.intermediate_size;
+  for (const WeightInfo& w : expected_weights(c)) m.weight_shapes[w.name] = w.shape;
+  m.weight_shapes["lm_head.weight"] = Shape{shard.vocab.size(), h};
   m.embed = m.upload_weight(weights, "model.embed_tokens.weight");
   m.final_norm = m.upload_weight(weights, "model.norm.weight");
   if (!c.tie_word_embeddings) m.lm_head = m.upload_weight(weights, "lm_head.weight");
@@ -668,7 +743,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.attn = act(size_t(chunk * nq * d) * 2);
   m.gate = act(size_t(chunk * f) * 2);
   m.up = act(size_t(chunk * f) * 2);
-  m.logits = act(size_t(max_batch) * size_t(c.vocab_size) * 4);
+  m.logits = act(size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
+  if (!shard.is_whole()) m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
   m.ids = act(size_t(id_rows) * 4);
   m.positions = act(size_t(id_rows) * 8);
   m.seq_len = act(size_t(max_batch) * 4);
@@ -681,8 +757,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_tokens), size_t(max_batch) * 4, cudaHostAllocDefault));
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_pos), size_t(max_batch) * 8, cudaHostAllocDefault));
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_lens), size_t(max_batch) * 4, cudaHostAllocDefault));
-  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_logits), size_t(max_batch) * size_t(c.vocab_size) * 4,
-                                 cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_logits),
+                                 size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4, cudaHostAllocDefault));
   RopeTable rope(c);
   m.attention_scaling = rope.attention_scaling();
   m.inv_freq = act(rope.inv_freq().size() * 4);
@@ -723,13 +799,14 @@ GpuModel::~GpuModel() {
     if (step.graph) cudaGraphExecDestroy(step.graph);
   impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
-  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (impl_->stream && impl_->own_stream) cudaStreamDestroy(impl_->stream);
   for (void* p : {static_cast<void*>(impl_->h_tokens), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_lens),
                   static_cast<void*>(impl_->h_logits)})
     if (p) cudaFreeHost(p);
 }
 
-const ModelConfig& GpuModel::config() const { return impl_->config; }
+const ModelConfig& GpuModel::config() const { return impl_->full_config; }
+const ModelShard& GpuModel::shard() const { return impl_->shard; }
 int GpuModel::max_batch() const { return impl_->max_batch; }
 attention::AttentionMode GpuModel::attention_mode() const { return impl_->options.attention; }
 const GpuModelMemoryPlan& GpuModel::memory_plan() const { return impl_->plan; }

@@ -14,6 +14,12 @@
 //          pages before the next layer. Decode appends to the steady zone and runs wave attention
 //          (steady zone + retrieved clusters through the GPU cluster cache + estimated clusters).
 //          Update segments are clustered between steps, outside the captured graph.
+//
+// Tensor parallelism: a GpuModel may be one rank's shard (runtime/model_shard.h) of a group that
+// parallel/gpu_tensor_parallel.h assembles: its own KV heads (each with its own wave index, host
+// store and cluster cache), MLP channels and LM-head rows; one bf16 all-reduce after the O and down
+// projections and one fp32 all-gather of the logits per step, all on the model's stream, inside the
+// captured decode graph.
 
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +32,7 @@
 #include "attention/kv_store.h"
 #include "attention/wave_index.h"
 #include "runtime/model_config.h"
+#include "runtime/model_shard.h"
 #include "runtime/weight_source.h"
 
 namespace retro::runtime::cuda {
@@ -56,6 +63,7 @@ struct AttentionInputOverride {
   const void* prompt_k = nullptr;
   const void* prompt_v = nullptr;
   int64_t prompt_tokens = 0;
+  // Head counts are the shard's.
   // Decode: row b is slot b's input in every layer of every step: q [max_batch, q_heads, head_dim]
   // after RoPE, k [max_batch, kv_heads, head_dim] after RoPE and v (same shape), the new token's K/V.
   // The step (captured or not) reads them at these fixed addresses, so the caller refills them
@@ -84,6 +92,9 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_
 // Either mode. Wave mode plans its workspaces for the current CUDA device (their sizes depend on it).
 GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_tokens,
                                          const GpuModelOptions& options);
+// One rank's shard of the model.
+GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& config, int64_t max_tokens, const GpuModelOptions& options,
+                                         const ModelShard& shard);
 
 class GpuModel {
  public:
@@ -93,6 +104,12 @@ class GpuModel {
   // (its inputs travel through pinned host memory inside the graph).
   GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
            const GpuModelOptions& options);
+  // One rank's shard: `weights` presents this shard's slices (parallel/sharded_weights.h) and
+  // `collectives` (which must outlive the model) join it to the group; the model runs on their
+  // stream. max_batch, options and the calls below must be the same on every rank of the group, which
+  // each call enters collectively. Logits are the whole vocabulary's on every rank.
+  GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
+           const GpuModelOptions& options, const ModelShard& shard, DeviceShardCollectives* collectives);
   // Dense attention.
   GpuModel(const ModelConfig& config, const WeightSource& weights, int device, int64_t max_tokens,
            int64_t max_chunk = 1024, bool use_cuda_graph = true, int max_batch = 1);
@@ -100,7 +117,8 @@ class GpuModel {
   GpuModel(const GpuModel&) = delete;
   GpuModel& operator=(const GpuModel&) = delete;
 
-  const ModelConfig& config() const;
+  const ModelConfig& config() const;  // the whole model's
+  const ModelShard& shard() const;
   int max_batch() const;
   attention::AttentionMode attention_mode() const;
   const GpuModelMemoryPlan& memory_plan() const;
