@@ -1,7 +1,6 @@
 #include "parallel/gpu_tensor_parallel.h"
 
 #include "parallel/sharded_weights.h"
-#include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
 
@@ -38,8 +37,7 @@ GpuModelShard::GpuModelShard(const WorldConfig& world, Communicator& host_group,
   try {
     device_group_ = make_tp_device_communicator(world, host_group, stream_);
     collectives_ = std::make_unique<DeviceCommunicatorCollectives>(*device_group_, stream_);
-    std::unique_ptr<Allocator> scratch = make_host_allocator();
-    ShardedWeightSource sliced(config, weights, plan_, *scratch);
+    ShardedWeightSource sliced(config, weights, plan_);
     model_ = std::make_unique<runtime::cuda::GpuModel>(config, sliced, world.local_device, max_tokens, options,
                                                        plan_.shard, collectives_.get());
   } catch (...) {

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "parallel/sharding.h"
-#include "runtime/core/allocator.h"
 #include "runtime/model_config.h"
 #include "runtime/weight_source.h"
 
@@ -17,15 +16,14 @@ namespace retro::parallel {
 class ShardedWeightSource final : public runtime::WeightSource {
  public:
   // Checks `full` against `config` first (validate_weights), so a bad checkpoint is reported with
-  // the full shapes. `full` and `scratch` must outlive this source.
-  ShardedWeightSource(const runtime::ModelConfig& config, const runtime::WeightSource& full, ShardingPlan plan,
-                      Allocator& scratch);
+  // the full shapes. `full` must outlive this source.
+  ShardedWeightSource(const runtime::ModelConfig& config, const runtime::WeightSource& full, ShardingPlan plan);
 
   std::vector<std::string> names() const override { return full_.names(); }
   bool contains(const std::string& name) const override { return full_.contains(name); }
   runtime::WeightInfo info(const std::string& name) const override;  // the slice's shape, the stored dtype
-  // Sliced tensors are read whole from `full` into a scratch buffer of dst's dtype (one tensor at a
-  // time: WeightSource has no partial read) and their slice copied into dst.
+  // Sliced tensors are read as one block of `full` (WeightSource::read_block), so a source that
+  // addresses blocks converts only this rank's elements.
   void read(const std::string& name, const Tensor& dst) const override;
 
   const ShardingPlan& plan() const { return plan_; }
@@ -33,7 +31,6 @@ class ShardedWeightSource final : public runtime::WeightSource {
  private:
   const runtime::WeightSource& full_;
   ShardingPlan plan_;
-  Allocator& scratch_;
 };
 
 }  // namespace retro::parallel

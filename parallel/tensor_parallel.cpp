@@ -24,7 +24,7 @@ std::unique_ptr<runtime::Model> load_model_shard(const runtime::ModelConfig& con
                                                  Allocator& host, const ShardingPlan& plan,
                                                  runtime::ShardCollectives* collectives) {
   if (plan.shard.is_whole()) return std::make_unique<runtime::Model>(config, full, host);
-  ShardedWeightSource sliced(config, full, plan, host);
+  ShardedWeightSource sliced(config, full, plan);
   return std::make_unique<runtime::Model>(config, sliced, host, plan.shard, collectives);
 }
 

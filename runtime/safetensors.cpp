@@ -232,27 +232,51 @@ bool SafetensorsFile::contains(const std::string& name) const {
 
 WeightInfo SafetensorsFile::info(const std::string& name) const { return impl_->entry(name).info; }
 
-void SafetensorsFile::read(const std::string& name, const Tensor& dst) const {
-  const Entry& e = impl_->entry(name);
-  check_destination(impl_->where(), e.info, dst);
-  const size_t n = static_cast<size_t>(e.info.shape.numel());
-  const uint8_t* src = impl_->bytes(e);
-  const size_t elem = e.stored->size;
+namespace {
+
+// n stored elements at src -> out as `to`. A header whose length is not a multiple of the element
+// size leaves the data unaligned in memory: those convert through an aligned staging block instead
+// of reading through a misaligned pointer.
+void convert_stored(const uint8_t* src, DType from, size_t elem, void* out, DType to, size_t n) {
   if (reinterpret_cast<uintptr_t>(src) % elem == 0) {
-    convert_host(src, e.info.dtype, dst.data(), dst.dtype(), n);
+    convert_host(src, from, out, to, n);
     return;
   }
-  // A header whose length is not a multiple of the element size leaves the data unaligned in memory:
-  // convert through an aligned staging block instead of reading through a misaligned pointer.
   constexpr size_t kBlock = 1 << 16;
   std::vector<uint64_t> staging(kBlock * elem / sizeof(uint64_t) + 1);
-  auto* out = static_cast<uint8_t*>(dst.data());
-  const size_t out_elem = dtype_size(dst.dtype());
+  auto* dst = static_cast<uint8_t*>(out);
+  const size_t out_elem = dtype_size(to);
   for (size_t done = 0; done < n; done += kBlock) {
     const size_t count = std::min(kBlock, n - done);
     std::memcpy(staging.data(), src + done * elem, count * elem);
-    convert_host(staging.data(), e.info.dtype, out + done * out_elem, dst.dtype(), count);
+    convert_host(staging.data(), from, dst + done * out_elem, to, count);
   }
+}
+
+}  // namespace
+
+void SafetensorsFile::read(const std::string& name, const Tensor& dst) const {
+  const Entry& e = impl_->entry(name);
+  check_destination(impl_->where(), e.info, dst);
+  convert_stored(impl_->bytes(e), e.info.dtype, e.stored->size, dst.data(), dst.dtype(),
+                 static_cast<size_t>(e.info.shape.numel()));
+}
+
+void SafetensorsFile::read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const {
+  const Entry& e = impl_->entry(name);
+  const auto [rows, columns] = check_block(name, block, dst);
+  const size_t elem = e.stored->size, out_elem = dst.element_size();
+  const uint8_t* src = impl_->bytes(e);
+  auto* out = static_cast<uint8_t*>(dst.data());
+  if (block.axis == WeightBlock::Axis::kRows) {
+    convert_stored(src + size_t(block.begin * columns) * elem, e.info.dtype, elem, out, dst.dtype(),
+                   size_t((block.end - block.begin) * columns));
+    return;
+  }
+  const size_t width = size_t(block.end - block.begin);
+  for (int64_t r = 0; r < rows; ++r)
+    convert_stored(src + size_t(r * columns + block.begin) * elem, e.info.dtype, elem, out + size_t(r) * width * out_elem,
+                   dst.dtype(), width);
 }
 
 Tensor SafetensorsFile::mapped(const std::string& name) const {
@@ -341,6 +365,9 @@ const SafetensorsFile& ShardedSafetensors::shard_of(const std::string& name) con
 WeightInfo ShardedSafetensors::info(const std::string& name) const { return shard_of(name).info(name); }
 
 void ShardedSafetensors::read(const std::string& name, const Tensor& dst) const { shard_of(name).read(name, dst); }
+void ShardedSafetensors::read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const {
+  shard_of(name).read_block(name, block, dst);
+}
 
 Tensor ShardedSafetensors::mapped(const std::string& name) const { return shard_of(name).mapped(name); }
 

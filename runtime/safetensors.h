@@ -33,6 +33,8 @@ class SafetensorsFile : public WeightSource {
   bool contains(const std::string& name) const override;
   WeightInfo info(const std::string& name) const override;
   void read(const std::string& name, const Tensor& dst) const override;
+  // Converts only the block's elements.
+  void read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const override;
 
   // Read-only view of the stored bytes, valid while this object lives (no copy, no conversion).
   // Throws kUnsupported when the bytes are not aligned to their element size in memory.
@@ -58,6 +60,8 @@ class ShardedSafetensors : public WeightSource {
   bool contains(const std::string& name) const override;
   WeightInfo info(const std::string& name) const override;
   void read(const std::string& name, const Tensor& dst) const override;
+  // Converts only the block's elements.
+  void read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const override;
 
   Tensor mapped(const std::string& name) const;
   const std::vector<std::filesystem::path>& shard_paths() const;

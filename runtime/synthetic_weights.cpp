@@ -95,6 +95,40 @@ void SyntheticWeightSource::generate(const std::string& name, int64_t first, int
   }
 }
 
+// Generates elements [first, first + count) of `name` into out (dtype `to`) through a small fp32 block.
+void SyntheticWeightSource::fill(const std::string& name, int64_t first, int64_t count, uint8_t* out, DType to) const {
+  constexpr int64_t kBlock = 4096;
+  std::vector<float> block(static_cast<size_t>(std::min<int64_t>(kBlock, count)));
+  const int64_t out_elem = static_cast<int64_t>(dtype_size(to));
+  for (int64_t b = 0; b < count; b += kBlock) {
+    const int64_t n = std::min(kBlock, count - b);
+    generate(name, first + b, n, block.data());
+    convert_host(block.data(), DType::kFP32, out + b * out_elem, to, static_cast<size_t>(n));
+  }
+}
+
+// Elements [first, first + count) into out, split over the cores when large (embeddings of
+// 128K-token vocabularies): the counter-based generator makes every chunk independent.
+void SyntheticWeightSource::fill_parallel(const std::string& name, int64_t first, int64_t count, uint8_t* out,
+                                          DType to) const {
+  constexpr int64_t kParallelMin = int64_t{1} << 22;
+  const int threads = count >= kParallelMin ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : 1;
+  if (threads == 1) {
+    fill(name, first, count, out, to);
+    return;
+  }
+  const int64_t out_elem = static_cast<int64_t>(dtype_size(to));
+  std::vector<std::thread> workers;
+  const int64_t chunk = (count + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    const int64_t begin = std::min(count, t * chunk);
+    const int64_t end = std::min(count, begin + chunk);
+    if (begin < end)
+      workers.emplace_back([=, this] { fill(name, first + begin, end - begin, out + begin * out_elem, to); });
+  }
+  for (std::thread& w : workers) w.join();
+}
+
 void SyntheticWeightSource::read(const std::string& name, const Tensor& dst) const {
   const Spec& s = spec(name);
   RETRO_CHECK(dst.device().is_cpu() && dst.is_contiguous(),
@@ -104,37 +138,18 @@ void SyntheticWeightSource::read(const std::string& name, const Tensor& dst) con
   RETRO_CHECK(dst.shape() == s.info.shape, "tensor '{}' has shape {}, destination has shape {}", name,
               s.info.shape.str(), dst.shape().str());
   RETRO_CHECK(is_floating(dst.dtype()), "tensor '{}' cannot be read as {}", name, dtype_name(dst.dtype()));
-  const int64_t numel = s.info.shape.numel();
-  const size_t out_elem = dtype_size(dst.dtype());
-  auto* out = static_cast<uint8_t*>(dst.data());
+  fill_parallel(name, 0, s.info.shape.numel(), static_cast<uint8_t*>(dst.data()), dst.dtype());
+}
 
-  // Generates a range through a small fp32 block, converting to the destination dtype as it goes.
-  auto fill = [&](int64_t begin, int64_t end) {
-    constexpr int64_t kBlock = 4096;
-    std::vector<float> block(static_cast<size_t>(std::min<int64_t>(kBlock, end - begin)));
-    for (int64_t b = begin; b < end; b += kBlock) {
-      const int64_t n = std::min(kBlock, end - b);
-      generate(name, b, n, block.data());
-      convert_host(block.data(), DType::kFP32, out + b * static_cast<int64_t>(out_elem), dst.dtype(),
-                   static_cast<size_t>(n));
-    }
-  };
-  // Large tensors (embeddings of 128K-token vocabularies) are split over the cores: the counter-based
-  // generator makes every chunk independent.
-  constexpr int64_t kParallelMin = int64_t{1} << 22;
-  const int threads = numel >= kParallelMin ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : 1;
-  if (threads == 1) {
-    fill(0, numel);
+void SyntheticWeightSource::read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const {
+  const auto [rows, columns] = check_block(name, block, dst);
+  auto* out = static_cast<uint8_t*>(dst.data());
+  if (block.axis == WeightBlock::Axis::kRows) {
+    fill_parallel(name, block.begin * columns, (block.end - block.begin) * columns, out, dst.dtype());
     return;
   }
-  std::vector<std::thread> workers;
-  const int64_t chunk = (numel + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int64_t begin = std::min(numel, t * chunk);
-    const int64_t end = std::min(numel, begin + chunk);
-    if (begin < end) workers.emplace_back(fill, begin, end);
-  }
-  for (std::thread& w : workers) w.join();
+  const int64_t width = block.end - block.begin, out_row = width * static_cast<int64_t>(dst.element_size());
+  for (int64_t r = 0; r < rows; ++r) fill(name, r * columns + block.begin, width, out + r * out_row, dst.dtype());
 }
 
 }  // namespace retro::runtime

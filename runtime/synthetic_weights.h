@@ -29,6 +29,8 @@ class SyntheticWeightSource : public WeightSource {
   bool contains(const std::string& name) const override;
   WeightInfo info(const std::string& name) const override;  // dtype: config.dtype
   void read(const std::string& name, const Tensor& dst) const override;
+  // Generates only the block's elements.
+  void read_block(const std::string& name, const WeightBlock& block, const Tensor& dst) const override;
 
   // Elements [first, first + count) of the row-major tensor, in fp32 (before any rounding to the
   // destination dtype that read() does).
@@ -47,6 +49,8 @@ class SyntheticWeightSource : public WeightSource {
     float std;
   };
   const Spec& spec(const std::string& name) const;
+  void fill(const std::string& name, int64_t first, int64_t count, uint8_t* out, DType to) const;
+  void fill_parallel(const std::string& name, int64_t first, int64_t count, uint8_t* out, DType to) const;
 
   ModelConfig config_;
   uint64_t seed_;

@@ -24,25 +24,33 @@ HostPagePool::HostPagePool(size_t page_bytes, size_t chunk_bytes, Allocator& pin
               pinned_allocator.name());
 }
 
+// Pins one more chunk and puts its pages on the free list.
+void HostPagePool::grow_locked() {
+  const size_t pages = chunk_bytes_ / page_bytes_;
+  if (!allocator_->can_allocate(pages * page_bytes_))
+    RETRO_THROW_KIND(ErrorKind::kOutOfMemory,
+                     "host KV store is full: {} pages of {} in use ({} pinned), {} more would pass the "
+                     "pinned-memory capacity of {}",
+                     in_use_, format_bytes(page_bytes_), format_bytes(pinned_bytes_locked()),
+                     format_bytes(pages * page_bytes_), format_bytes(allocator_->capacity()));
+  Buffer chunk = allocator_->allocate(pages * page_bytes_, MemoryPurpose::kKvHost, 4096);
+  char* base = static_cast<char*>(chunk.data());
+  for (size_t i = pages; i-- > 0;) free_.push_back(base + i * page_bytes_);
+  chunks_.push_back(std::move(chunk));
+}
+
 void* HostPagePool::acquire() {
   std::lock_guard lock(mutex_);
-  if (free_.empty()) {
-    const size_t pages = chunk_bytes_ / page_bytes_;
-    if (!allocator_->can_allocate(pages * page_bytes_))
-      RETRO_THROW_KIND(ErrorKind::kOutOfMemory,
-                       "host KV store is full: {} pages of {} in use ({} pinned), {} more would pass the "
-                       "pinned-memory capacity of {}",
-                       in_use_, format_bytes(page_bytes_), format_bytes(pinned_bytes_locked()),
-                       format_bytes(pages * page_bytes_), format_bytes(allocator_->capacity()));
-    Buffer chunk = allocator_->allocate(pages * page_bytes_, MemoryPurpose::kKvHost, 4096);
-    char* base = static_cast<char*>(chunk.data());
-    for (size_t i = pages; i-- > 0;) free_.push_back(base + i * page_bytes_);
-    chunks_.push_back(std::move(chunk));
-  }
+  if (free_.empty()) grow_locked();
   void* page = free_.back();
   free_.pop_back();
   ++in_use_;
   return page;
+}
+
+void HostPagePool::reserve(size_t pages) {
+  std::lock_guard lock(mutex_);
+  while (free_.size() < pages) grow_locked();
 }
 
 void HostPagePool::release(void* page) {

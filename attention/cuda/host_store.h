@@ -43,6 +43,9 @@ class HostPagePool {
   // Throws kOutOfMemory, with the pool's usage, when the allocator's capacity is reached.
   void* acquire();
   void release(void* page);
+  // Pins chunks until at least `pages` pages are free (a server pins its pool ahead of the first
+  // prompts, so they do not pay for cudaHostAlloc). Throws kOutOfMemory like acquire().
+  void reserve(size_t pages);
 
   size_t page_bytes() const { return page_bytes_; }
   size_t pages_in_use() const;
@@ -50,6 +53,7 @@ class HostPagePool {
 
  private:
   size_t pinned_bytes_locked() const;
+  void grow_locked();
 
   size_t page_bytes_, chunk_bytes_;
   Allocator* allocator_;

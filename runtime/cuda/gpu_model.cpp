@@ -877,4 +877,16 @@ size_t GpuModel::host_pinned_bytes() const {
   return m.pool->pinned_bytes();
 }
 
+void GpuModel::reserve_host_kv(int sequences, int64_t tokens) {
+  Impl& m = *impl_;
+  m.check_wave("reserve_host_kv");
+  RETRO_CHECK(sequences >= 0 && tokens >= 0, "reserve_host_kv of {} sequences of {} tokens", sequences, tokens);
+  const ModelConfig& c = m.config;
+  const size_t row_bytes = size_t(c.head_dim) * wave::wave_kv_elem_bytes(m.options.buffer.kv_dtype);
+  const size_t page_rows = m.pool->page_bytes() / row_bytes;
+  const size_t pages_per_group = (size_t(tokens) + page_rows - 1) / page_rows;
+  // K and V of every layer and KV head of this shard.
+  m.pool->reserve(2 * size_t(c.num_layers) * size_t(c.num_kv_heads) * size_t(sequences) * pages_per_group);
+}
+
 }  // namespace retro::runtime::cuda

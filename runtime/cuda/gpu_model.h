@@ -150,6 +150,10 @@ class GpuModel {
   attention::cuda::WaveCacheCounters wave_cache_counters() const;
   size_t host_kv_bytes() const;     // pinned host pages holding clustered K/V now
   size_t host_pinned_bytes() const; // pinned host memory of the page pool (pages in use and free)
+  // Pins, ahead of use, the free host pages that `sequences` more sequences of `tokens` tokens
+  // need for their clustered K/V (pinning is a one-time cost of a few GB/s that a server pays at
+  // start, not on its first long prompts). Throws kOutOfMemory past the host capacity.
+  void reserve_host_kv(int sequences, int64_t tokens);
 
  private:
   struct Impl;

@@ -138,14 +138,13 @@ TEST(ShardingPlan, RankOutsideTheGroupIsRefused) {
 
 // ShardedWeightSource presents each rank's slice; put back together they are the full tensors,
 // bit for bit (the same bf16 -> fp32 conversion as a whole read).
-TEST(ShardedWeightSource, SlicesOfBothRanksReassembleEveryTensor) {
-  const ModelConfig c = biased_tied_config();
-  runtime::SyntheticWeightSource full(c, /*seed=*/7);
-  auto host = make_host_allocator();
+// Both through a source that generates only the block (synthetic) and through WeightSource's
+// whole-read fallback.
+void expect_slices_reassemble(const ModelConfig& c, const runtime::WeightSource& full) {
   const int tp = 2;
   std::vector<ShardedWeightSource> ranks;
   ranks.reserve(tp);
-  for (int r = 0; r < tp; ++r) ranks.emplace_back(c, full, plan_sharding(c, tp, r), *host);
+  for (int r = 0; r < tp; ++r) ranks.emplace_back(c, full, plan_sharding(c, tp, r));
   for (const WeightInfo& w : runtime::expected_weights(c)) {
     std::vector<float> want(static_cast<size_t>(w.shape.numel()));
     full.read(w.name, Tensor(want.data(), DType::kFP32, w.shape));
@@ -169,11 +168,30 @@ TEST(ShardedWeightSource, SlicesOfBothRanksReassembleEveryTensor) {
   }
 }
 
+// Reads through read() only, so read_block is WeightSource's default.
+class WholeReadsOnly final : public runtime::WeightSource {
+ public:
+  explicit WholeReadsOnly(const runtime::WeightSource& inner) : inner_(inner) {}
+  std::vector<std::string> names() const override { return inner_.names(); }
+  bool contains(const std::string& name) const override { return inner_.contains(name); }
+  WeightInfo info(const std::string& name) const override { return inner_.info(name); }
+  void read(const std::string& name, const Tensor& dst) const override { inner_.read(name, dst); }
+
+ private:
+  const runtime::WeightSource& inner_;
+};
+
+TEST(ShardedWeightSource, SlicesOfBothRanksReassembleEveryTensor) {
+  const ModelConfig c = biased_tied_config();
+  runtime::SyntheticWeightSource full(c, /*seed=*/7);
+  expect_slices_reassemble(c, full);
+  expect_slices_reassemble(c, WholeReadsOnly(full));
+}
+
 TEST(ShardedWeightSource, DestinationOfTheFullShapeIsRefused) {
   const ModelConfig c = runtime::preset_config("tiny");
   runtime::SyntheticWeightSource full(c);
-  auto host = make_host_allocator();
-  ShardedWeightSource src(c, full, plan_sharding(c, 2, 0), *host);
+  ShardedWeightSource src(c, full, plan_sharding(c, 2, 0));
   std::vector<float> buf(static_cast<size_t>(c.q_size() * c.hidden_size));
   const Tensor whole(buf.data(), DType::kFP32, {c.q_size(), c.hidden_size});
   std::string msg =
@@ -184,10 +202,9 @@ TEST(ShardedWeightSource, DestinationOfTheFullShapeIsRefused) {
 TEST(ShardedWeightSource, SourceThatDoesNotMatchTheConfigIsReportedWithFullShapes) {
   ModelConfig c = runtime::preset_config("tiny");
   runtime::SyntheticWeightSource full(c);
-  auto host = make_host_allocator();
   ModelConfig other = c;
   other.intermediate_size = 512;
-  test_support::expect_error([&] { ShardedWeightSource(other, full, plan_sharding(other, 2, 0), *host); },
+  test_support::expect_error([&] { ShardedWeightSource(other, full, plan_sharding(other, 2, 0)); },
                              ErrorKind::kInvalidInput, {"mlp.gate_proj.weight", "[768, 256]"});
 }
 

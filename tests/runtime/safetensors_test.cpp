@@ -233,6 +233,31 @@ TEST_F(SafetensorsFiles, UnalignedHeaderLengthStillReadsCorrectly) {
   EXPECT_EQ(out, values);
 }
 
+// A block (rows, or columns of every row) converts only its elements, aligned or not, and equals
+// the same part of a whole read; a block outside the tensor is refused naming it.
+TEST_F(SafetensorsFiles, BlocksOfRowsAndColumnsEqualTheSamePartOfAWholeRead) {
+  constexpr int64_t kRows = 5, kCols = 6;
+  std::vector<bf16> w;
+  for (int64_t i = 0; i < kRows * kCols; ++i) w.push_back(float_to_bf16(0.25f * float(i) - 3.0f));
+  for (size_t pad : {8, 1}) {  // header padded to 8 bytes (aligned data) or not padded
+    write_safetensors(dir_ / "w.safetensors", {{"w", "BF16", {kRows, kCols}, bytes_of(w)}}, nullptr, pad);
+    SafetensorsFile f(dir_ / "w.safetensors");
+    std::vector<float> rows(3 * kCols), cols(kRows * 3);
+    f.read_block("w", {WeightBlock::Axis::kRows, 1, 4}, Tensor(rows.data(), DType::kFP32, {3, kCols}));
+    f.read_block("w", {WeightBlock::Axis::kColumns, 2, 5}, Tensor(cols.data(), DType::kFP32, {kRows, 3}));
+    for (int64_t r = 0; r < 3; ++r)
+      for (int64_t c = 0; c < kCols; ++c)
+        EXPECT_EQ(rows[size_t(r * kCols + c)], bf16_to_float(w[size_t((r + 1) * kCols + c)])) << "pad " << pad;
+    for (int64_t r = 0; r < kRows; ++r)
+      for (int64_t c = 0; c < 3; ++c)
+        EXPECT_EQ(cols[size_t(r * 3 + c)], bf16_to_float(w[size_t(r * kCols + c + 2)])) << "pad " << pad;
+    expect_error([&] { f.read_block("w", {WeightBlock::Axis::kRows, 4, 6}, Tensor(rows.data(), DType::kFP32, {2, kCols})); },
+                 ErrorKind::kInvalidArgument, {"rows [4, 6)", "'w'", "[0, 5)"});
+    expect_error([&] { f.read_block("w", {WeightBlock::Axis::kColumns, 0, 3}, Tensor(rows.data(), DType::kFP32, {3, kCols})); },
+                 ErrorKind::kInvalidArgument, {"'w'", "[5, 3]"});
+  }
+}
+
 TEST_F(SafetensorsFiles, UnreadableDtypeIsValidatedButNotListed) {
   write_safetensors(dir_ / "a.safetensors",
                     {{"ids", "I64", {2}, std::vector<uint8_t>(16, 0)}, {"w", "F32", {1}, std::vector<uint8_t>(4, 0)}});
