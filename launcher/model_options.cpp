@@ -21,6 +21,8 @@ attention::WaveIndexParams ModelOptions::wave_params() const {
   p.retrieval_budget = retrieval_budget;
   p.estimation_budget = estimation_budget;
   p.min_retrieve_clusters = min_retrieve_clusters;
+  p.tokens_per_cluster = tokens_per_cluster;
+  p.window_tokens = window_tokens;
   p.validate();
   return p;
 }
@@ -38,6 +40,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
       ->capture_default_str();
   cmd.add_option("--min-retrieve", o.min_retrieve_clusters,
                  "Wave retrieval floor in clusters (short contexts; 0: the pure budget fraction)")
+      ->capture_default_str();
+  cmd.add_option("--cluster-tokens", o.tokens_per_cluster, "Wave: mean tokens per cluster of the index")
+      ->capture_default_str();
+  cmd.add_option("--window-tokens", o.window_tokens, "Wave: most recent tokens kept in the exact steady zone")
       ->capture_default_str();
   cmd.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per prefill step")->capture_default_str();
 }

@@ -25,6 +25,8 @@ struct ModelOptions {
   double retrieval_budget = attention::WaveIndexParams{}.retrieval_budget;
   double estimation_budget = attention::WaveIndexParams{}.estimation_budget;
   int min_retrieve_clusters = attention::WaveIndexParams{}.min_retrieve_clusters;
+  int tokens_per_cluster = attention::WaveIndexParams{}.tokens_per_cluster;
+  int window_tokens = attention::WaveIndexParams{}.window_tokens;
   int64_t prefill_chunk = 512;
   int tp = 1;  // tensor-parallel ranks per model; 0: the whole MPI world (the default of --tp)
 
