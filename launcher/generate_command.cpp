@@ -1,5 +1,8 @@
 // `retroinfer generate`: load a model (directory, GGUF file or preset), run a prompt with dense or
-// wave attention on the CPU backend or on a GPU (--backend cuda), stream the tokens to stdout.
+// wave attention on the CPU backend or on a GPU (--backend cuda), stream the tokens to stdout. With
+// --requests FILE.jsonl, run many requests at once through the coordinator's continuous batching
+// (CPU backend, one process or the ranks of one tensor-parallel group) and print one JSON line per
+// finished request.
 
 #include <fmt/format.h>
 
@@ -15,8 +18,11 @@
 #include "attention/kv_store.h"
 #include "launcher/commands.h"
 #include "launcher/model_options.h"
+#include "launcher/request_file.h"
+#include "parallel/coordinator.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
+#include "runtime/cpu_engine.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
 #include "runtime/open_model.h"
@@ -44,6 +50,11 @@ struct GenerateOptions {
   std::string backend = "cpu";  // cpu | cuda
   int device = 0;               // --backend cuda
   bool eager = false;           // --backend cuda: no CUDA graph
+  // --requests: continuous batching of a request file.
+  std::string requests;
+  int max_slots = runtime::EngineParams{}.max_slots;
+  int64_t max_batched_tokens = parallel::SchedulerParams{}.max_batched_tokens;
+  size_t kv_memory_mib = 0;  // the KV pool of each rank; 0: unbounded
 };
 
 std::string read_file(const std::string& path) {
@@ -159,6 +170,65 @@ void run_generate(const GenerateOptions& o) {
   }
 }
 
+// Every request of the file through one coordinator: rank 0 of the group schedules, samples and
+// prints; the other ranks run the plans it broadcasts.
+void run_generate_requests(const GenerateOptions& o) {
+  RETRO_CHECK_KIND(o.backend == "cpu", ErrorKind::kUnsupported, "generate --requests runs on the CPU backend");
+  LoadedModel m = load_model(o.model);
+  RETRO_CHECK(m.world.dp == 1,
+              "generate --requests serves one model replica: --tp must span all {} processes, got tp {}",
+              m.world.world_size, m.world.tp);
+  runtime::EngineParams ep;
+  ep.max_slots = o.max_slots;
+  ep.prefill_chunk = o.model.prefill_chunk;
+  ep.kv_capacity_bytes = o.kv_memory_mib << 20;
+  ep.attention = o.model.attention_mode();
+  ep.wave = o.model.wave_params();
+  runtime::CpuEngine engine(*m.model, ep);
+  // The plans travel on a communicator of their own, apart from the model's collectives.
+  std::unique_ptr<parallel::Communicator> control = parallel::make_tp_host_communicator(m.world);
+  if (!m.leader()) {
+    parallel::run_worker(engine, *control);
+    return;
+  }
+  // From here on a failure on this rank still sends the workers the shutdown plan (~Coordinator).
+  parallel::Coordinator coordinator(engine, *control,
+                                    {.max_running = 0, .max_batched_tokens = o.max_batched_tokens});
+  RequestLine defaults;
+  defaults.max_new_tokens = o.max_new_tokens;
+  defaults.sampling = {.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p, .seed = o.seed};
+  const std::vector<RequestLine> lines = read_request_file(o.requests, defaults);
+  // Every request is checked before any runs, so a bad one stops the run before its first step.
+  std::vector<parallel::Request> requests;
+  for (const RequestLine& line : lines) {
+    parallel::Request r;
+    r.prompt = m.encode(line.prompt);
+    r.max_new_tokens = line.max_new_tokens;
+    r.sampling = line.sampling;
+    r.stop_ids = m.stop_ids();
+    const std::string why = coordinator.refusal(r);
+    RETRO_CHECK_INPUT(why.empty(), "{} line {}: {}", o.requests, line.line, why);
+    requests.push_back(std::move(r));
+  }
+  for (parallel::Request& r : requests) coordinator.submit(std::move(r));  // ids 0, 1, ...: the lines' order
+  coordinator.run([&](const parallel::RequestResult& r) {
+    const RequestLine& line = lines[r.id];
+    std::string text;
+    if (m.tokenizer) {
+      text = m.tokenizer->decode(r.tokens, /*skip_special_tokens=*/true);
+    } else {
+      for (int32_t t : r.tokens) text += fmt::format("[{}]", t);
+    }
+    nlohmann::ordered_json out = {
+        {"id", line.id}, {"text", text}, {"tokens", r.tokens}, {"finish_reason", r.finish_reason}};
+    const std::string s = out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+  });
+  coordinator.shutdown();
+}
+
 }  // namespace
 
 void register_generate_command(CLI::App& app) {
@@ -182,9 +252,30 @@ void register_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device (--backend cuda)")->capture_default_str();
   cmd->add_flag("--eager", o->eager, "--backend cuda: launch the decode step's kernels one by one instead of a CUDA graph");
-  cmd->callback([o, p, pf] {
-    RETRO_CHECK(p->count() + pf->count() == 1, "generate needs --prompt or --prompt-file");
-    run_generate(*o);
+  auto* rq = cmd->add_option("--requests", o->requests,
+                             "Run every request of a JSONL file (one {\"prompt\": ...} object a line) with "
+                             "continuous batching; prints one JSON line per finished request");
+  p->excludes(rq);
+  pf->excludes(rq);
+  rq->excludes(p);
+  rq->excludes(pf);
+  cmd->add_option("--max-slots", o->max_slots, "--requests: sequences held at once")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-batched-tokens", o->max_batched_tokens,
+                  "--requests: tokens per step (decode tokens + prompt chunks)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--kv-memory-mib", o->kv_memory_mib,
+                  "--requests: KV memory of each rank in MiB; requests wait for room or are refused (0: unbounded)")
+      ->capture_default_str();
+  cmd->callback([o, p, pf, rq] {
+    RETRO_CHECK(p->count() + pf->count() + rq->count() == 1, "generate needs --prompt, --prompt-file or --requests");
+    if (rq->count() == 1) {
+      run_generate_requests(*o);
+    } else {
+      run_generate(*o);
+    }
   });
 }
 

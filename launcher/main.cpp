@@ -4,9 +4,11 @@
 
 #include <cstdio>
 #include <exception>
+#include <memory>
 
 #include "launcher/commands.h"
 #include "parallel/mpi_world.h"
+#include "parallel/watchdog.h"
 #include "runtime/core/build_info.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
@@ -26,16 +28,21 @@ int main(int argc, char** argv) {
   retro::launcher::register_gpu_model_bench(*bench);
   retro::launcher::register_gpu_wave_bench(*bench);
   retro::launcher::register_bench_command(app);
+  // Outlives the handlers below: a rank that fails stops the job before its watchdog would wait
+  // for the others to end.
+  std::unique_ptr<retro::parallel::Watchdog> watchdog;
   try {
-    retro::parallel::init_mpi_world(&argc, &argv);
+    watchdog = retro::parallel::start_watchdog(retro::parallel::init_mpi_world(&argc, &argv));
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const retro::Error& e) {
     RETRO_LOG_ERROR("{}", e.what());
+    retro::parallel::stop_job_after_error(1);
     return 1;
   } catch (const std::exception& e) {
     RETRO_LOG_ERROR("unexpected error: {}", e.what());
+    retro::parallel::stop_job_after_error(1);
     return 1;
   }
   return 0;

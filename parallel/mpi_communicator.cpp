@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "parallel/impl/mpi_check.h"
+#include "parallel/watchdog.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
 
@@ -59,6 +60,7 @@ MpiCommunicator::~MpiCommunicator() {
 void MpiCommunicator::all_reduce_sum(const Tensor& data) {
   impl::check_buffer(*this, data, "all_reduce_sum");
   impl::check_reduce_dtype(data, "all_reduce_sum");
+  const WaitingForPeers waiting;
   const bool fp32 = data.dtype() == DType::kFP32;
   MPI_Datatype type = fp32 ? MPI_FLOAT : bf16_type_;
   MPI_Op op = fp32 ? MPI_SUM : bf16_sum_;
@@ -73,12 +75,14 @@ void MpiCommunicator::all_reduce_sum(const Tensor& data) {
 void MpiCommunicator::all_gather(const Tensor& send, const Tensor& recv) {
   impl::check_gather(*this, send, recv);
   const int bytes = int_count(static_cast<int64_t>(send.nbytes()), "all_gather");
+  const WaitingForPeers waiting;
   RETRO_MPI_CHECK(MPI_Allgather(send.data(), bytes, MPI_BYTE, recv.data(), bytes, MPI_BYTE, comm_));
 }
 
 void MpiCommunicator::broadcast(const Tensor& data, int root) {
   impl::check_buffer(*this, data, "broadcast");
   impl::check_root(*this, root);
+  const WaitingForPeers waiting;
   char* p = static_cast<char*>(data.data());
   const int64_t total = static_cast<int64_t>(data.nbytes());
   for (int64_t done = 0; done < total;) {
@@ -88,6 +92,9 @@ void MpiCommunicator::broadcast(const Tensor& data, int root) {
   }
 }
 
-void MpiCommunicator::barrier() { RETRO_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  const WaitingForPeers waiting;
+  RETRO_MPI_CHECK(MPI_Barrier(comm_));
+}
 
 }  // namespace retro::parallel

@@ -28,10 +28,11 @@ const MpiWorld& init_mpi_world(int* argc, char*** argv, bool force) {
   g_done = true;
   if (!launched_by_mpi() && !force) return g_world;
   int provided = 0;
-  RETRO_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  RETRO_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   std::atexit(finalize_at_exit);
   MpiWorld w;
   w.initialized = true;
+  w.thread_multiple = provided == MPI_THREAD_MULTIPLE;
   RETRO_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank));
   RETRO_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &w.size));
   MPI_Comm node = MPI_COMM_NULL;

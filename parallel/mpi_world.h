@@ -16,13 +16,15 @@ struct MpiWorld {
   int local_size = 1;
   std::string processor_name;
   std::string library_version;  // first line of MPI_Get_library_version
+  bool thread_multiple = false;  // any thread may call MPI at any time (MPI_THREAD_MULTIPLE)
 };
 
 // True when the environment says an MPI launcher started this process.
 bool launched_by_mpi();
 
-// Initialises MPI once (thread level FUNNELED) if launched_by_mpi() or `force`, and registers
-// MPI_Finalize at exit. Later calls return the same world.
+// Initialises MPI once if launched_by_mpi() or `force`, and registers MPI_Finalize at exit. Asks
+// for MPI_THREAD_MULTIPLE, which the failure watchdog's thread needs (watchdog.h); collectives
+// stay on the main thread. Later calls return the same world.
 const MpiWorld& init_mpi_world(int* argc, char*** argv, bool force = false);
 const MpiWorld& mpi_world();
 

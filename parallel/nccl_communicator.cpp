@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include "parallel/watchdog.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
 
@@ -34,10 +35,12 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device, cudaStre
   RETRO_NCCL_CHECK(ncclCommInitRank(&comm_, bootstrap.size(), id, bootstrap.rank()));
   RETRO_NCCL_CHECK(ncclCommCount(comm_, &size_));
   RETRO_NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
+  watchdog_watch_nccl(comm_);
 }
 
 NcclCommunicator::~NcclCommunicator() {
   if (comm_ == nullptr) return;
+  watchdog_unwatch_nccl(comm_);
   // Finalize flushes the collectives still in flight before the resources go.
   ncclCommFinalize(comm_);
   ncclCommDestroy(comm_);
@@ -63,6 +66,7 @@ void NcclCommunicator::broadcast(const Tensor& data, int root) {
 }
 
 void NcclCommunicator::barrier() {
+  const WaitingForPeers waiting;  // the stream's collectives wait for the peers too
   RETRO_CUDA_CHECK(cudaStreamSynchronize(stream_));
   bootstrap_.barrier();
 }

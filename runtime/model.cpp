@@ -79,13 +79,15 @@ Model::Model(const ModelConfig& config, const WeightSource& weights, Allocator& 
 }
 
 std::unique_ptr<SequenceState> Model::new_sequence(attention::AttentionMode mode,
-                                                   const attention::WaveIndexParams& params) const {
+                                                   const attention::WaveIndexParams& params,
+                                                   Allocator* kv_allocator) const {
   auto seq = std::make_unique<SequenceState>();
   seq->mode_ = mode;
   attention::AttentionShape shape{static_cast<int>(shard_.q_heads.size()), static_cast<int>(shard_.kv_heads.size()),
                                   config_.head_dim};
+  Allocator& kv = kv_allocator != nullptr ? *kv_allocator : host_;
   for (int l = 0; l < config_.num_layers; ++l)
-    seq->layers_.push_back(std::make_unique<attention::SequenceKv>(shape, mode, params, host_));
+    seq->layers_.push_back(std::make_unique<attention::SequenceKv>(shape, mode, params, kv));
   return seq;
 }
 
@@ -185,14 +187,18 @@ void Model::prefill(SequenceState& seq, std::span<const int32_t> tokens, float* 
                     const ForwardOptions& options) const {
   RETRO_CHECK(!tokens.empty(), "empty prompt");
   RETRO_CHECK(options.prefill_chunk > 0, "prefill chunk must be positive, got {}", options.prefill_chunk);
-  RETRO_CHECK(!seq.indexed_, "prefill after the wave index was built; use decode");
-  const int64_t total = static_cast<int64_t>(tokens.size());
-  for (int64_t start = 0; start < total; start += options.prefill_chunk) {
-    int64_t n = std::min(options.prefill_chunk, total - start);
-    bool last = start + n == total;
-    forward(seq, tokens.data() + start, n, false, last ? logits : nullptr, nullptr);
+  const size_t chunk = static_cast<size_t>(options.prefill_chunk);
+  for (size_t start = 0; start < tokens.size(); start += chunk) {
+    const size_t n = std::min(chunk, tokens.size() - start);
+    prefill_chunk(seq, tokens.subspan(start, n), start + n == tokens.size(), logits);
   }
-  if (seq.mode_ == attention::AttentionMode::kWave) {
+}
+
+void Model::prefill_chunk(SequenceState& seq, std::span<const int32_t> tokens, bool ends_prompt, float* logits) const {
+  RETRO_CHECK(!tokens.empty(), "empty prompt chunk");
+  RETRO_CHECK(!seq.indexed_, "prefill after the wave index was built; use decode");
+  forward(seq, tokens.data(), static_cast<int64_t>(tokens.size()), false, ends_prompt ? logits : nullptr, nullptr);
+  if (ends_prompt && seq.mode_ == attention::AttentionMode::kWave) {
     for (auto& kv : seq.layers_) kv->build_index();
     seq.indexed_ = true;
   }

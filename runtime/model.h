@@ -57,14 +57,23 @@ class Model {
   const ModelConfig& config() const { return config_; }  // the full model's
   const ModelShard& shard() const { return shard_; }
 
-  // A sequence over this shard's KV heads.
+  // A sequence over this shard's KV heads. Its K/V and wave index come from `kv_allocator` when given
+  // (a pool of their own, which admission control reads: runtime/cpu_engine.h), else from the model's
+  // host allocator; either must outlive the sequence.
   std::unique_ptr<SequenceState> new_sequence(attention::AttentionMode mode,
-                                              const attention::WaveIndexParams& params = {}) const;
+                                              const attention::WaveIndexParams& params = {},
+                                              Allocator* kv_allocator = nullptr) const;
 
   // Runs the prompt in chunks (exact causal attention), builds the wave index when the sequence is in
   // wave mode, and writes the logits of the last prompt token. logits: [vocab] fp32.
   void prefill(SequenceState& seq, std::span<const int32_t> tokens, float* logits,
                const ForwardOptions& options = {}) const;
+  // One chunk of a prompt, for callers that interleave prompts (runtime/engine.h): runs `tokens` at
+  // the sequence's next positions with exact causal attention. When `ends_prompt`, writes the logits
+  // of its last token (logits [vocab] fp32, unused otherwise) and builds the wave index (wave mode).
+  // prefill() is this over chunks of options.prefill_chunk tokens, so the same chunks give the same
+  // bytes.
+  void prefill_chunk(SequenceState& seq, std::span<const int32_t> tokens, bool ends_prompt, float* logits) const;
   // Appends one token and writes its next-token logits (wave attention once indexed).
   void decode(SequenceState& seq, int32_t token, float* logits) const;
   // Teacher forcing, for perplexity: runs `tokens` and hands consume(position, logits [vocab]) the

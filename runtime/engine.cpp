@@ -1,0 +1,84 @@
+#include "runtime/engine.h"
+
+#include <fmt/format.h>
+
+#include "runtime/core/allocator.h"
+#include "runtime/core/error.h"
+
+namespace retro::runtime {
+
+const char* work_kind_name(WorkKind kind) {
+  switch (kind) {
+    case WorkKind::kPrefill: return "prefill";
+    case WorkKind::kDecode: return "decode";
+  }
+  return "unknown";
+}
+
+int64_t logits_rows(std::span<const WorkItem> items) {
+  int64_t rows = 0;
+  for (const WorkItem& item : items) rows += item.wants_logits() ? 1 : 0;
+  return rows;
+}
+
+size_t EngineInfo::kv_bytes(int64_t tokens) const {
+  return kv_bytes_per_token * static_cast<size_t>(tokens) + kv_bytes_per_sequence;
+}
+
+void EngineInfo::validate() const {
+  RETRO_CHECK(max_slots > 0, "engine: max_slots must be positive, got {}", max_slots);
+  RETRO_CHECK(vocab_size > 0, "engine: vocab_size must be positive, got {}", vocab_size);
+  RETRO_CHECK(prefill_chunk >= 0, "engine: prefill_chunk must be >= 0 (0: whole prompts), got {}", prefill_chunk);
+  RETRO_CHECK(max_sequence_tokens >= 0, "engine: max_sequence_tokens must be >= 0 (0: no limit), got {}",
+              max_sequence_tokens);
+}
+
+std::string EngineInfo::describe() const {
+  std::string chunks = chunks_prefill() ? fmt::format("prefill chunks of {}", prefill_chunk) : "whole-prompt prefill";
+  std::string pool = kv_capacity_bytes == 0 ? "unbounded" : format_bytes(kv_capacity_bytes);
+  return fmt::format("{} slots, {}, KV pool {} ({} per token + {} per sequence)", max_slots, chunks, pool,
+                     format_bytes(kv_bytes_per_token), format_bytes(kv_bytes_per_sequence));
+}
+
+void validate_step(const EngineInfo& info, std::span<const WorkItem> items, const std::vector<int64_t>& lengths,
+                   const std::vector<bool>& prompt_done) {
+  RETRO_ASSERT(lengths.size() == static_cast<size_t>(info.max_slots) &&
+               prompt_done.size() == static_cast<size_t>(info.max_slots));
+  // The slots' state as the items before each one leave it.
+  std::vector<int64_t> length = lengths;
+  std::vector<bool> done = prompt_done;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const WorkItem& item = items[i];
+    RETRO_CHECK(item.slot >= 0 && item.slot < info.max_slots, "step item {}: slot {} is not in [0, {})", i, item.slot,
+                info.max_slots);
+    const size_t s = static_cast<size_t>(item.slot);
+    const std::string what = fmt::format("step item {} ({} of slot {})", i, work_kind_name(item.kind), item.slot);
+    RETRO_CHECK(item.position == length[s], "{}: at position {}, but the slot holds {} tokens", what, item.position,
+                length[s]);
+    for (int32_t t : item.tokens)
+      RETRO_CHECK(t >= 0 && t < info.vocab_size, "{}: token {} is not in the vocabulary [0, {})", what, t,
+                  info.vocab_size);
+    const int64_t n = static_cast<int64_t>(item.tokens.size());
+    if (item.kind == WorkKind::kPrefill) {
+      RETRO_CHECK(n > 0, "{}: no tokens", what);
+      RETRO_CHECK(!done[s], "{}: the slot's prompt has already ended", what);
+      if (info.chunks_prefill()) {
+        RETRO_CHECK(n <= info.prefill_chunk, "{}: {} tokens, more than a prefill chunk of {}", what, n,
+                    info.prefill_chunk);
+      } else {
+        RETRO_CHECK(item.position == 0 && item.ends_prompt, "{}: this engine takes a prompt whole, in one item", what);
+      }
+      done[s] = item.ends_prompt;
+    } else {
+      RETRO_CHECK(n == 1, "{}: a decode item carries one token, got {}", what, n);
+      RETRO_CHECK(!item.ends_prompt, "{}: a decode item cannot end a prompt", what);
+      RETRO_CHECK(done[s], "{}: the slot's prompt has not ended", what);
+    }
+    length[s] += n;
+    RETRO_CHECK(info.max_sequence_tokens == 0 || length[s] <= info.max_sequence_tokens,
+                "{}: the slot would hold {} tokens, more than the {} a sequence may hold", what, length[s],
+                info.max_sequence_tokens);
+  }
+}
+
+}  // namespace retro::runtime
