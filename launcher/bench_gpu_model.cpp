@@ -46,6 +46,7 @@
 #include "runtime/core/system_info.h"
 #include "parallel/gpu_tensor_parallel.h"
 #include "parallel/mpi_world.h"
+#include "parallel/watchdog.h"
 #include "runtime/cuda/gpu_model.h"
 #endif
 
@@ -348,6 +349,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         auto a = Clock::now();
         model.prefill(s, prompt, logits.data());
         prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
+        parallel::watchdog_progress();
         next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data(), vocab));
       }
       if (synthetic) inputs->plan_decode(int(bs), o.decode_tokens);
@@ -362,6 +364,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         for (int s = 0; s < bs; ++s)
           next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
         decode_ms += std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+        parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
       }
       const double step_ms = decode_ms / o.decode_tokens;
       const double prefill_tps = double(ctx * bs) / prefill_s, decode_tps = double(bs) * 1e3 / step_ms;

@@ -30,6 +30,8 @@
 #include "runtime/sampler.h"
 
 #ifdef RETRO_WITH_CUDA
+#include "parallel/gpu_tensor_parallel.h"
+#include "parallel/watchdog.h"
 #include "runtime/cuda/gpu_model.h"
 #endif
 
@@ -63,8 +65,9 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-// One GPU: the GPU model holds its own bf16 weights (no CPU model is built) and the host Sampler
-// picks each token from the step's logits.
+// The GPU model holds its own bf16 weights (no CPU model is built) and the host Sampler picks each
+// token from the step's logits. Under `mpirun -np N ... --tp N` each rank holds its shard on its
+// node-local GPU; every rank gets the same logits and samples the same tokens, and world rank 0 prints.
 void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
 #ifdef RETRO_WITH_CUDA
   runtime::ModelConfig config;
@@ -86,7 +89,13 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   g.attention = o.model.attention_mode();
   if (g.attention == attention::AttentionMode::kWave) g.wave = o.model.wave_params();
   const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);
-  runtime::cuda::GpuModel model(config, *weights, o.device, max_tokens, g);
+  parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
+  if (world.world_size == 1) world.local_device = o.device;  // one process: --device
+  const bool leader = world.is_world_leader();
+  std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
+  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_tokens, g);
+  runtime::cuda::GpuModel& model = shard.model();
+  if (world.tp > 1) RETRO_LOG_INFO("{}; {}", world.describe(), shard.plan().describe());
 
   runtime::Sampler sampler({.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p, .seed = o.seed});
   std::unique_ptr<runtime::StreamingDecoder> stream;
@@ -102,16 +111,20 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
     const int32_t token = sampler.sample(logits);
     ++generated;
     std::string piece = stream ? stream->push(token) : fmt::format("[{}]", token);
-    std::fwrite(piece.data(), 1, piece.size(), stdout);
-    std::fflush(stdout);
+    if (leader) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
     if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
       finish_reason = "stop";
       break;
     }
     if (i + 1 < o.max_new_tokens) model.decode(token, logits.data());
+    parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
   }
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
+  if (!leader) return;
   if (stream) {
     std::string rest = stream->flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
@@ -122,9 +135,9 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
     const double decoded = generated > 1 ? double(generated - 1) : 0.0;
     fmt::print(stderr,
                "prompt {} tokens, prefill {:.3f} s ({:.1f} tokens/s); generated {} tokens ({}), {:.2f} tokens/s "
-               "(cuda:{}, {} attention)\n",
+               "(cuda:{}, {} attention, tp {})\n",
                ids.size(), prefill_s, static_cast<double>(ids.size()) / prefill_s, generated, finish_reason,
-               decode_s > 0.0 ? decoded / decode_s : 0.0, o.device, o.model.attention);
+               decode_s > 0.0 ? decoded / decode_s : 0.0, world.local_device, o.model.attention, world.tp);
   }
 #else
   (void)o;
