@@ -1,4 +1,4 @@
-// The CPU model sharded over two ranks (mpirun -np 2, tp 2) against the whole model computed on
+// The CPU model sharded over the ranks of an mpirun launch (tp = every rank) against the whole model computed on
 // each rank alone: the same logits up to fp32 summation order and the same greedy tokens, with
 // dense and with wave attention, on the trained needle-llama-tiny; and on a synthetic model with
 // every bias, a tied LM head and an uneven vocabulary split.
@@ -48,9 +48,9 @@ struct Pair {
 class TensorParallelModel : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (mpi_world().size != 2) return;
+    if (mpi_world().size < 2) return;
     host_ = make_host_allocator();
-    world_ = make_world_config(mpi_world(), /*requested_tp=*/2);
+    world_ = make_world_config(mpi_world(), /*requested_tp=*/0);
     comm_ = make_tp_host_communicator(world_);
     collectives_ = std::make_unique<CommunicatorCollectives>(*comm_);
   }
@@ -60,7 +60,7 @@ class TensorParallelModel : public testing::Test {
     host_.reset();
   }
   void SetUp() override {
-    if (mpi_world().size != 2) GTEST_SKIP() << "needs mpirun -np 2";
+    if (mpi_world().size < 2) GTEST_SKIP() << "needs mpirun -np 2 (or more)";
   }
 
   static Pair load(const runtime::ModelConfig& config, const runtime::WeightSource& weights) {
@@ -100,7 +100,7 @@ class TensorParallelModel : public testing::Test {
                                   std::to_string(worst));
     if (mode == AttentionMode::kWave) {
       // The shard's wave index holds its KV head only, and the decode steps above were sparse.
-      EXPECT_EQ(b->layer_kv(0).shape().num_kv_heads, p.whole->config().num_kv_heads / 2);
+      EXPECT_EQ(b->layer_kv(0).shape().num_kv_heads, p.whole->config().num_kv_heads / world_.tp);
       EXPECT_NE(b->layer_kv(0).index(0), nullptr);
       const attention::WaveStepStats s = b->layer_kv(0).last_stats();
       EXPECT_TRUE(s.wave);
@@ -132,6 +132,7 @@ class TensorParallelModel : public testing::Test {
 };
 
 TEST_F(TensorParallelModel, NeedleModelOnTwoRanksMatchesTheWholeModelWithDenseAndWaveAttention) {
+  if (world_.tp != 2) GTEST_SKIP() << "the test model's 2 KV heads split over 2 ranks only";
   if (!std::filesystem::exists(kModelDir / "config.json")) GTEST_SKIP() << "test model not found at " << kModelDir;
   runtime::ModelConfig config;
   auto weights = runtime::open_model(kModelDir.string(), &config);
@@ -151,6 +152,7 @@ TEST_F(TensorParallelModel, NeedleModelOnTwoRanksMatchesTheWholeModelWithDenseAn
 
 // score() gathers the logits of every position of a chunk ([n, vocab] from [n, vocab / 2] blocks).
 TEST_F(TensorParallelModel, ScoreGathersTheLogitsOfEveryPosition) {
+  if (world_.tp != 2) GTEST_SKIP() << "the test model's 2 KV heads split over 2 ranks only";
   if (!std::filesystem::exists(kModelDir / "config.json")) GTEST_SKIP() << "test model not found at " << kModelDir;
   runtime::ModelConfig config;
   auto weights = runtime::open_model(kModelDir.string(), &config);
@@ -174,6 +176,7 @@ TEST_F(TensorParallelModel, ScoreGathersTheLogitsOfEveryPosition) {
 // Biases are added once (the row-parallel ones by group rank 0 only), a tied LM head reads this
 // rank's rows of the embedding, and 255 vocabulary rows split 128 + 127.
 TEST_F(TensorParallelModel, BiasesTiedHeadAndUnevenVocabularyMatchTheWholeModel) {
+  if (world_.tp != 2) GTEST_SKIP() << "written for 2 ranks";
   runtime::ModelConfig config = runtime::preset_config("tiny");
   config.attention_bias = config.attention_out_bias = config.mlp_bias = true;
   config.tie_word_embeddings = true;
@@ -184,6 +187,38 @@ TEST_F(TensorParallelModel, BiasesTiedHeadAndUnevenVocabularyMatchTheWholeModel)
   std::vector<int32_t> prompt(40);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 11) % 255);
   expect_same_generation(p, AttentionMode::kDense, {}, prompt, /*steps=*/4, /*prefill_chunk=*/16);
+}
+
+// Llama-3-70B's heads (64 query / 8 KV heads of 128) on a shortened, narrowed model, split over every
+// rank of the launch (up to tp 8: `mpirun -np 8`, one KV head each), with an uneven vocabulary;
+// dense and wave attention.
+TEST_F(TensorParallelModel, SeventyBHeadsOverEveryRankMatchTheWholeModel) {
+  runtime::ModelConfig config = runtime::preset_config("llama3-70b");
+  if (config.num_kv_heads % world_.tp != 0) GTEST_SKIP() << "8 KV heads do not split over " << world_.tp;
+  config.num_layers = 2;
+  config.hidden_size = 512;
+  config.head_dim = 128;
+  config.intermediate_size = 1024;
+  config.vocab_size = 1001;
+  config.bos_token_id = 1;
+  config.eos_token_ids = {2};
+  runtime::SyntheticWeightSource weights(config, /*seed=*/5);
+  Pair p = load(config, weights);
+  EXPECT_EQ(p.shard->shard().kv_heads.size(), 8 / world_.tp);
+  EXPECT_EQ(p.shard->shard().q_heads.size(), 64 / world_.tp);
+  std::vector<int32_t> prompt(160);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 53 + 7) % 1001);
+  expect_same_generation(p, AttentionMode::kDense, {}, prompt, /*steps=*/4, /*prefill_chunk=*/64);
+  // Small clusters and window, so that 160 tokens make clusters to retrieve, estimate and drop.
+  attention::WaveIndexParams wave;
+  wave.window_tokens = 16;
+  wave.tokens_per_cluster = 8;
+  wave.segment_tokens = 64;
+  wave.update_segment_tokens = 64;
+  wave.min_retrieve_clusters = 4;
+  wave.retrieval_budget = 0.1;
+  wave.estimation_budget = 0.3;
+  expect_same_generation(p, AttentionMode::kWave, wave, prompt, /*steps=*/4, /*prefill_chunk=*/160);
 }
 
 }  // namespace
