@@ -1,5 +1,6 @@
 #include "parallel/gpu_tensor_parallel.h"
 
+#include "parallel/numa_binding.h"
 #include "parallel/sharded_weights.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
@@ -27,6 +28,8 @@ GpuModelShard::GpuModelShard(const WorldConfig& world, Communicator& host_group,
                              const runtime::cuda::GpuModelOptions& options)
     : plan_(plan_sharding(config, world.tp, world.tp_rank)) {
   RETRO_CHECK_KIND(world.local_device >= 0, ErrorKind::kUnsupported, "rank {} sees no GPU", world.rank);
+  // Before any host memory is pinned: the host store's pages then come from the GPU's node.
+  bind_to_gpu_numa_node(world.local_device);
   if (plan_.shard.is_whole()) {
     device_group_ = std::make_unique<SelfCommunicator>(Device::cuda(world.local_device));
     model_ = std::make_unique<runtime::cuda::GpuModel>(config, weights, world.local_device, max_tokens, options);

@@ -37,7 +37,8 @@ class GpuModelShard {
  public:
   // Collective over the tensor-parallel group (every rank calls it with the same arguments; a tp
   // that does not divide the model's KV heads fails on every rank alike, before any collective).
-  // Runs on world.local_device. Each rank reads only its slices of `weights` into device memory.
+  // Runs on world.local_device, with this process bound to that GPU's NUMA node (numa_binding.h).
+  // Each rank reads only its slices of `weights` into device memory.
   // `host_group` is this rank's tensor-parallel host communicator (make_tp_host_communicator) and
   // must outlive this object.
   GpuModelShard(const WorldConfig& world, Communicator& host_group, const runtime::ModelConfig& config,
