@@ -76,16 +76,10 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   runtime::ModelConfig config;
   std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model.model, &config);
   std::optional<runtime::Tokenizer> tokenizer = runtime::open_tokenizer(o.model.model);
-  std::vector<int32_t> ids;
-  if (tokenizer) {
-    ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
-  } else {
-    for (unsigned char c : prompt) ids.push_back(static_cast<int32_t>(c) % config.vocab_size);
-  }
+  const std::vector<int32_t> ids = encode_prompt(tokenizer, config.vocab_size, prompt);
   RETRO_CHECK(!ids.empty(), "empty prompt");
   RETRO_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got {}", o.max_new_tokens);
-  const std::vector<int32_t> stop_ids =
-      tokenizer && !tokenizer->eos_ids().empty() ? tokenizer->eos_ids() : config.eos_token_ids;
+  const std::vector<int32_t> stop_ids = stop_token_ids(tokenizer, config);
   runtime::cuda::GpuModelOptions g;
   g.max_chunk = o.model.prefill_chunk;
   g.use_cuda_graph = !o.eager;

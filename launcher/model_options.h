@@ -57,4 +57,12 @@ struct LoadedModel {
 
 LoadedModel load_model(const ModelOptions& o);
 
+// With a tokenizer: its encoding (special tokens added). Without: the bytes of the text as ids
+// (modulo the vocabulary); an empty text is then an error.
+std::vector<int32_t> encode_prompt(const std::optional<runtime::Tokenizer>& tokenizer, int64_t vocab_size,
+                                   std::string_view text);
+// The tokenizer's end-of-sequence ids, or the config's when it has none.
+std::vector<int32_t> stop_token_ids(const std::optional<runtime::Tokenizer>& tokenizer,
+                                    const runtime::ModelConfig& config);
+
 }  // namespace retro::launcher
