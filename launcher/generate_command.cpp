@@ -86,7 +86,7 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   g.attention = o.model.attention_mode();
   if (g.attention == attention::AttentionMode::kWave) {
     g.wave = o.model.wave_params();
-    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
     g.buffer.kv_fraction = o.cache_fraction;
   }
   const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);

@@ -85,6 +85,12 @@ std::vector<int32_t> encode_prompt(const std::optional<runtime::Tokenizer>& toke
   return ids;
 }
 
+DType host_kv_dtype(const std::string& name) {
+  if (name == "bf16") return DType::kBF16;
+  if (name == "fp8") return DType::kFP8E4M3;
+  RETRO_THROW("--host-kv must be bf16 or fp8, got '{}'", name);
+}
+
 std::vector<int32_t> stop_token_ids(const std::optional<runtime::Tokenizer>& tokenizer,
                                     const runtime::ModelConfig& config) {
   if (tokenizer && !tokenizer->eos_ids().empty()) return tokenizer->eos_ids();
