@@ -58,11 +58,14 @@ class NcclGroup : public test::NcclRanks {
 TEST_F(NcclGroup, AllReduceSumsFp32AndBf16OnTheDevice) {
   EXPECT_STREQ(comm_->backend(), "nccl");
   const int n = 1000, size = comm_->size(), rank = comm_->rank();
+  // bf16 holds every integer up to 256: with (rank + 1) * (i % 8) every partial sum of up to 8 ranks
+  // stays there, so the sum is exact in whatever order NCCL adds (a ring of 4 rounds 58 + 87 + 116).
+  ASSERT_LE(size, 8) << "the bf16 values are chosen for at most 8 ranks";
   std::vector<float> f(n);
   std::vector<bf16> h(n);
   for (int i = 0; i < n; ++i) {
     f[i] = static_cast<float>((rank + 1) * i) + 0.5f;
-    h[i] = float_to_bf16(static_cast<float>((rank + 1) * (i % 32)));
+    h[i] = float_to_bf16(static_cast<float>((rank + 1) * (i % 8)));
   }
   TensorBuffer df = upload(f), dh = upload(h);
   comm_->all_reduce_sum(df);
@@ -74,7 +77,7 @@ TEST_F(NcclGroup, AllReduceSumsFp32AndBf16OnTheDevice) {
     float wf = 0.0f, wh = 0.0f;
     for (int r = 0; r < size; ++r) {
       wf += static_cast<float>((r + 1) * i) + 0.5f;
-      wh += static_cast<float>((r + 1) * (i % 32));
+      wh += static_cast<float>((r + 1) * (i % 8));
     }
     ASSERT_EQ(gf[i], wf) << i;
     ASSERT_EQ(bf16_to_float(gh[i]), wh) << i;
