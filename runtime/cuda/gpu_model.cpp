@@ -22,6 +22,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/sampling.h"
 #include "runtime/model_weights.h"
 #include "runtime/rope.h"
 
@@ -184,12 +185,30 @@ struct GpuModel::Impl {
   int64_t* h_pos = nullptr;     // [max_batch]
   int32_t* h_lens = nullptr;    // [max_batch]
   float* h_logits = nullptr;    // [tp, max_batch, vocab_chunk]
+  // Sampling on the device (decode_sample): per-row parameters staged in pinned memory and copied
+  // inside the step, like the tokens. One block each on the host and the device, laid out as
+  // SamplingLayout says; logits_full gathers a shard group's blocks into [max_batch, vocab].
+  struct SamplingLayout {
+    size_t uniform = 0, temperature = 0, top_p = 0, top_k = 0, next = 0, bytes = 0;
+    explicit SamplingLayout(int rows = 0) {
+      const size_t n = size_t(rows);
+      temperature = uniform + n * 8;
+      top_p = temperature + n * 4;
+      top_k = top_p + n * 4;
+      next = top_k + n * 4;
+      bytes = next + n * 4;
+    }
+  };
+  SamplingLayout sampling_layout;
+  char* h_sampling = nullptr;
+  Buffer d_sampling, logits_full;
   bool use_graph = true;
   // Per decode batch size: its plan, workspace and captured step.
   struct DecodeStep {
     attention::cuda::DecodeAttentionPlan plan;
     Buffer workspace;
-    cudaGraphExec_t graph = nullptr;
+    cudaGraphExec_t graph = nullptr;          // the step with its logits copied to the host
+    cudaGraphExec_t sampled_graph = nullptr;  // the step with its tokens sampled on the device
   };
   std::vector<DecodeStep> steps;  // index: batch size
   float attention_scaling = 1.0f;
@@ -322,7 +341,7 @@ struct GpuModel::Impl {
   // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits, copied in
   // stream order: [rows, vocab] fp32, or for a shard the gathered blocks [tp, rows, vocab_chunk] of
   // every rank's vocabulary rows (copy_logits puts them in place).
-  void project_logits(const void* xp, int64_t rows) {
+  void project_logits(const void* xp, int64_t rows, bool sampled = false) {
     const ModelConfig& c = config;
     RETRO_CUDA_CHECK(rms_norm(xp, final_norm.data(), xn.data(), rows, c.hidden_size, c.rms_norm_eps, stream));
     // Tied: this shard's head is its block of rows of the (replicated) embedding.
@@ -336,7 +355,39 @@ struct GpuModel::Impl {
                                    static_cast<float*>(gathered.data()));
       out = gathered.data();
     }
+    if (sampled) {
+      sample_next_tokens(out, rows);
+      return;
+    }
     RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, out, size_t(shard.tp * rows * chunk) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // The step's logits (this shard's block, or the gathered blocks [tp, rows, vocab_chunk]) -> one
+  // token per row sampled on the device with the staged parameters -> h_sampling's next, in stream
+  // order. Every rank of a group samples the same tokens from the same logits and uniforms.
+  void sample_next_tokens(const void* blocks, int64_t rows) {
+    const int64_t vocab = config.vocab_size, chunk = shard.vocab_chunk;
+    const float* rows_logits = static_cast<const float*>(blocks);
+    if (!shard.is_whole()) {
+      // [tp, rows, chunk] -> [rows, vocab]: each rank's block lands in its vocabulary columns.
+      for (int r = 0; r < shard.tp; ++r) {
+        const IndexRange range = shard.vocab_of(r, vocab);
+        RETRO_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<float*>(logits_full.data()) + range.begin, size_t(vocab) * 4,
+                                           rows_logits + r * rows * chunk, size_t(chunk) * 4, size_t(range.size()) * 4,
+                                           size_t(rows), cudaMemcpyDeviceToDevice, stream));
+      }
+      rows_logits = static_cast<const float*>(logits_full.data());
+    }
+    const SamplingLayout& L = sampling_layout;
+    char* d = static_cast<char*>(d_sampling.data());
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(d, h_sampling, L.next, cudaMemcpyHostToDevice, stream));
+    SamplingRows params;
+    params.uniform = reinterpret_cast<const double*>(d + L.uniform);
+    params.temperature = reinterpret_cast<const float*>(d + L.temperature);
+    params.top_p = reinterpret_cast<const float*>(d + L.top_p);
+    params.top_k = reinterpret_cast<const int32_t*>(d + L.top_k);
+    RETRO_CUDA_CHECK(sample_rows(rows_logits, rows, vocab, params, reinterpret_cast<int32_t*>(d + L.next), stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_sampling + L.next, d + L.next, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream));
   }
 
   // After the stream is synchronised: h_logits of `rows` rows -> out [rows, vocab].
@@ -358,7 +409,8 @@ struct GpuModel::Impl {
   // split-KV decode kernel over the dense cache (dense) or WaveLayerKv append + attend (wave), and
   // nothing depends on host values — the step can be captured in a graph. Dense prefill: K/V land
   // straight in their cache rows and attention is the tensor-core prefill kernel.
-  void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr) {
+  void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr,
+                  bool sampled = false) {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
@@ -412,7 +464,7 @@ struct GpuModel::Impl {
       attention_output_and_mlp(L, x.data(), n);
     }
     // Prefill: the last token only. Decode: every row is a sequence's newest token.
-    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1);
+    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, sampled);
   }
 
   void prefill_chunk(int slot, const int32_t* tokens, int64_t n, float* host_logits) {
@@ -491,11 +543,11 @@ struct GpuModel::Impl {
 
   // The decode step's inputs travel from pinned host memory inside the step, so a captured graph
   // reads this step's values on every replay.
-  void decode_body(int batch, DecodeStep& step) {
+  void decode_body(int batch, DecodeStep& step, bool sampled) {
     RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), h_tokens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), h_pos, size_t(batch) * 8, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), h_lens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
-    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step);
+    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step, sampled);
   }
 
   // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
@@ -513,7 +565,10 @@ struct GpuModel::Impl {
     for (auto& kv : wave_kv) kv->advance(batch);
   }
 
-  void decode_tokens(std::span<const int32_t> tokens, float* host_logits) {
+  // One decode step of slots [0, tokens.size()): logits -> host_logits, or (sampling != null) the
+  // next token of each slot sampled on the device -> next.
+  void decode_tokens(std::span<const int32_t> tokens, float* host_logits, const SamplingParams* sampling = nullptr,
+                     const double* uniforms = nullptr, int32_t* next = nullptr) {
     const int batch = static_cast<int>(tokens.size());
     RETRO_CHECK(batch >= 1 && batch <= max_batch, "decode batch of {} sequences (1..{})", batch, max_batch);
     for (int b = 0; b < batch; ++b) {
@@ -524,6 +579,8 @@ struct GpuModel::Impl {
       h_pos[b] = lengths[size_t(b)];
       h_lens[b] = static_cast<int32_t>(lengths[size_t(b)] + 1);
     }
+    const bool sampled = sampling != nullptr;
+    if (sampled) stage_sampling(batch, sampling, uniforms);
     if (wave_mode) grow_due_segments(batch);
     DecodeStep& step = steps[size_t(batch)];
     if (!wave_mode && step.plan.tokens_per_split == 0) {
@@ -532,31 +589,56 @@ struct GpuModel::Impl {
       if (step.plan.workspace_bytes) step.workspace = allocator->allocate(step.plan.workspace_bytes, MemoryPurpose::kWorkspace);
     }
     if (!use_graph) {
-      decode_body(batch, step);
+      decode_body(batch, step, sampled);
     } else {
-      const bool replay = step.graph != nullptr;
+      cudaGraphExec_t& graph = sampled ? step.sampled_graph : step.graph;
+      const bool replay = graph != nullptr;
       if (!replay) {
         cudaGraph_t g = nullptr;
         RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
-          decode_body(batch, step);
+          decode_body(batch, step, sampled);
         } catch (...) {
           cudaStreamEndCapture(stream, &g);
           if (g) cudaGraphDestroy(g);
           throw;
         }
         RETRO_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
-        cudaError_t st = cudaGraphInstantiate(&step.graph, g, 0);
+        cudaError_t st = cudaGraphInstantiate(&graph, g, 0);
         cudaGraphDestroy(g);
         RETRO_CUDA_CHECK(st);
       }
-      RETRO_CUDA_CHECK(cudaGraphLaunch(step.graph, stream));
+      RETRO_CUDA_CHECK(cudaGraphLaunch(graph, stream));
       // The capture ran append()'s host code already; a replay did not.
       if (wave_mode && replay) advance_wave_counts(batch);
     }
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int b = 0; b < batch; ++b) lengths[size_t(b)] += 1;
-    copy_logits(batch, host_logits);
+    if (!sampled) {
+      copy_logits(batch, host_logits);
+      return;
+    }
+    const int32_t* sampled_tokens = reinterpret_cast<const int32_t*>(h_sampling + sampling_layout.next);
+    for (int b = 0; b < batch; ++b) {
+      RETRO_CHECK_KIND(sampled_tokens[b] >= 0, ErrorKind::kInternal,
+                       "the logits of slot {} hold a NaN: the forward pass broke", b);
+      next[b] = sampled_tokens[b];
+    }
+  }
+
+  // Rows [0, batch) of the pinned sampling block (copied to the device inside the step).
+  void stage_sampling(int batch, const SamplingParams* sampling, const double* uniforms) {
+    const SamplingLayout& L = sampling_layout;
+    for (int b = 0; b < batch; ++b) {
+      const SamplingParams& p = sampling[b];
+      p.validate();
+      RETRO_CHECK(uniforms[b] >= 0.0 && uniforms[b] < 1.0, "the uniform of slot {} is {}, outside [0, 1)", b,
+                  uniforms[b]);
+      reinterpret_cast<double*>(h_sampling + L.uniform)[b] = uniforms[b];
+      reinterpret_cast<float*>(h_sampling + L.temperature)[b] = p.temperature;
+      reinterpret_cast<float*>(h_sampling + L.top_p)[b] = p.top_p;
+      reinterpret_cast<int32_t*>(h_sampling + L.top_k)[b] = p.top_k;
+    }
   }
 
   void set_attention_override(const AttentionInputOverride& o) {
@@ -572,8 +654,10 @@ struct GpuModel::Impl {
       // Captured steps hold the old addresses; each batch size is captured again on its next step.
       RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (DecodeStep& step : steps) {
-        if (step.graph) RETRO_CUDA_CHECK(cudaGraphExecDestroy(step.graph));
-        step.graph = nullptr;
+        for (cudaGraphExec_t* g : {&step.graph, &step.sampled_graph}) {
+          if (*g) RETRO_CUDA_CHECK(cudaGraphExecDestroy(*g));
+          *g = nullptr;
+        }
       }
     }
     inputs_override = o;
@@ -607,7 +691,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
   if (!c.tie_word_embeddings) p.weights -= size_t(c.vocab_size - shard.vocab.size()) * size_t(c.hidden_size) * 2;
   const size_t rows = size_t(std::max<int64_t>(std::min(max_chunk, max_tokens), max_batch));
   const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
-  const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 1;  // own block (+ the gathered ones)
+  // Own block (+ the gathered ones and their [max_batch, vocab] arrangement for device sampling).
+  const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 2;
   p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + logit_blocks * size_t(max_batch) * size_t(shard.vocab_chunk) * 4 +
                   rows * 12 + (size_t(32) << 20);  // + cuBLAS workspace
   if (o.attention == attention::AttentionMode::kDense) {
@@ -744,7 +829,12 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.gate = act(size_t(chunk * f) * 2);
   m.up = act(size_t(chunk * f) * 2);
   m.logits = act(size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
-  if (!shard.is_whole()) m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
+  if (!shard.is_whole()) {
+    m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
+    m.logits_full = act(size_t(max_batch) * size_t(c.vocab_size) * 4);
+  }
+  m.sampling_layout = Impl::SamplingLayout(max_batch);
+  m.d_sampling = act(m.sampling_layout.bytes);
   m.ids = act(size_t(id_rows) * 4);
   m.positions = act(size_t(id_rows) * 8);
   m.seq_len = act(size_t(max_batch) * 4);
@@ -759,6 +849,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_lens), size_t(max_batch) * 4, cudaHostAllocDefault));
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_logits),
                                  size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4, cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(
+      cudaHostAlloc(reinterpret_cast<void**>(&m.h_sampling), m.sampling_layout.bytes, cudaHostAllocDefault));
   RopeTable rope(c);
   m.attention_scaling = rope.attention_scaling();
   m.inv_freq = act(rope.inv_freq().size() * 4);
@@ -796,12 +888,13 @@ GpuModel::~GpuModel() {
   // Pinned pages and device buffers are freed below: no queued kernel may still read them.
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
   for (auto& step : impl_->steps)
-    if (step.graph) cudaGraphExecDestroy(step.graph);
+    for (cudaGraphExec_t g : {step.graph, step.sampled_graph})
+      if (g) cudaGraphExecDestroy(g);
   impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->stream && impl_->own_stream) cudaStreamDestroy(impl_->stream);
   for (void* p : {static_cast<void*>(impl_->h_tokens), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_lens),
-                  static_cast<void*>(impl_->h_logits)})
+                  static_cast<void*>(impl_->h_logits), static_cast<void*>(impl_->h_sampling)})
     if (p) cudaFreeHost(p);
 }
 
@@ -835,6 +928,14 @@ void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits)
 }
 
 void GpuModel::decode(std::span<const int32_t> tokens, float* logits) { impl_->decode_tokens(tokens, logits); }
+
+void GpuModel::decode_sample(std::span<const int32_t> tokens, std::span<const SamplingParams> sampling,
+                             std::span<const double> uniforms, std::span<int32_t> next) {
+  RETRO_CHECK(sampling.size() == tokens.size() && uniforms.size() == tokens.size() && next.size() == tokens.size(),
+              "decode_sample of {} slots with {} sampling parameters, {} uniforms and room for {} tokens", tokens.size(),
+              sampling.size(), uniforms.size(), next.size());
+  impl_->decode_tokens(tokens, nullptr, sampling.data(), uniforms.data(), next.data());
+}
 
 void GpuModel::set_attention_override(const AttentionInputOverride& inputs) { impl_->set_attention_override(inputs); }
 const AttentionInputOverride& GpuModel::attention_override() const { return impl_->inputs_override; }

@@ -33,6 +33,7 @@
 #include "attention/wave_index.h"
 #include "runtime/model_config.h"
 #include "runtime/model_shard.h"
+#include "runtime/sampler.h"
 #include "runtime/weight_source.h"
 
 namespace retro::runtime::cuda {
@@ -134,6 +135,12 @@ class GpuModel {
   // Wave: every slot needs its prompt first; due update segments are clustered before the step.
   void decode(std::span<const int32_t> tokens, float* logits);
   void decode(int32_t token, float* logits) { decode(std::span<const int32_t>(&token, 1), logits); }
+  // The same step with each slot's next token sampled on the device (runtime/cuda/sampling.h, the
+  // twin of runtime::sample_token): sampling[b] and uniforms[b] (Sampler::next_uniform(); greedy
+  // rows ignore it) -> next[b]. Only the tokens leave the GPU, not [batch, vocab] logits; a shard
+  // group samples the same tokens on every rank.
+  void decode_sample(std::span<const int32_t> tokens, std::span<const SamplingParams> sampling,
+                     std::span<const double> uniforms, std::span<int32_t> next);
 
   // Benchmarking facility (off by default, no cost when off): replaces the attention inputs of later
   // prefills and decode steps, in both modes; AttentionInputOverride{} turns it off. Captured decode
