@@ -107,8 +107,10 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   const auto t1 = Clock::now();
   std::string finish_reason = "length";
   size_t generated = 0;
+  // The first token comes from the prompt's logits (on the host); every later one is sampled on the
+  // GPU inside the decode step, from the same uniform stream the host sampler would draw.
+  int32_t token = o.max_new_tokens > 0 ? sampler.sample(logits) : -1;
   for (int i = 0; i < o.max_new_tokens; ++i) {
-    const int32_t token = sampler.sample(logits);
     ++generated;
     std::string piece = stream ? stream->push(token) : fmt::format("[{}]", token);
     if (leader) {
@@ -119,7 +121,13 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
       finish_reason = "stop";
       break;
     }
-    if (i + 1 < o.max_new_tokens) model.decode(token, logits.data());
+    if (i + 1 < o.max_new_tokens) {
+      const double u = sampler.params().greedy() ? 0.0 : sampler.next_uniform();
+      int32_t next = -1;
+      model.decode_sample(std::span<const int32_t>(&token, 1), std::span<const runtime::SamplingParams>(&sampler.params(), 1),
+                          std::span<const double>(&u, 1), std::span<int32_t>(&next, 1));
+      token = next;
+    }
     parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
   }
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
