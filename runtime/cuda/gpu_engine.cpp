@@ -105,21 +105,11 @@ void GpuEngine::step(std::span<const WorkItem> items, float* logits) {
   }
   if (decodes.empty()) return;
 
-  // Pack the decoding sequences into model slots [0, n): each slot below n that holds something else
-  // (or nothing) trades places with a decoding sequence from n up.
+  // Pack the decoding sequences into model slots [0, n), which the batched decode runs.
   const int n = int(decodes.size());
   std::vector<bool> decoding(size_t(info_.max_slots), false);
   for (size_t i : decodes) decoding[size_t(items[i].slot)] = true;
-  int from = n;
-  for (int m = 0; m < n; ++m) {
-    const int e = engine_slot_[size_t(m)];
-    if (e >= 0 && decoding[size_t(e)]) continue;
-    auto decodes_at = [&](int slot) { return engine_slot_[size_t(slot)] >= 0 && decoding[size_t(engine_slot_[size_t(slot)])]; };
-    while (from < info_.max_slots && !decodes_at(from)) ++from;
-    RETRO_CHECK_KIND(from < info_.max_slots, ErrorKind::kInternal, "packing {} decoding sequences: none left above {}", n,
-                     m);
-    swap_model_slots(from, m);
-  }
+  for (const auto& [from, to] : pack_decoding_slots(engine_slot_, decoding)) swap_model_slots(from, to);
   std::vector<int32_t> tokens(static_cast<size_t>(n));
   for (size_t i : decodes) tokens[size_t(model_slot_[size_t(items[i].slot)])] = items[i].tokens[0];
   model_.decode(tokens, decode_logits_.data());
