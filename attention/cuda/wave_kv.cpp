@@ -7,6 +7,7 @@
 #include "attention/cuda/wave_kv_ops.h"
 #include "attention/kmeans.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/cuda/swap.h"
 #include "runtime/core/error.h"
 
 namespace retro::attention::cuda {
@@ -320,6 +321,40 @@ void WaveLayerKv::release(int slot, cudaStream_t stream) {
   Slot& s = slots_[size_t(slot)];
   s.clustered = s.clusters = s.steady = 0;
   set_slot_counts(slot, stream);
+}
+
+void WaveLayerKv::swap_slots(int a, int b, cudaStream_t stream) {
+  RETRO_CHECK(a >= 0 && a < shape_.max_batch && b >= 0 && b < shape_.max_batch, "wave KV: slots {} and {} of {}", a, b,
+              shape_.max_batch);
+  if (a == b) return;
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
+  // Bytes of one slot's part of a [slots, ...] array with `per_slot` elements of `elem` bytes.
+  auto swap = [&](const Buffer& buffer, size_t per_slot, size_t elem) {
+    if (buffer.size() == 0 || per_slot == 0) return;
+    char* base = static_cast<char*>(buffer.data());
+    const size_t bytes = per_slot * elem;
+    RETRO_CUDA_CHECK(retro::cuda::swap_device_bytes(base + size_t(a) * bytes, base + size_t(b) * bytes, bytes, stream));
+  };
+  const size_t entries = size_t(hk) * size_t(cluster_capacity_);  // meta entries of one slot
+  swap(k_steady_, size_t(steady_capacity_) * hk * d, 2);
+  swap(v_steady_, size_t(steady_capacity_) * hk * d, 2);
+  swap(centroids_, entries * d, 2);
+  swap(value_sums_, entries * d, 4);
+  swap(sizes_, entries, 4);
+  swap(begins_, entries, 8);
+  swap(uids_, size_t(hk), 8);
+  if (buffer_.kv_dtype == DType::kFP8E4M3) {
+    swap(k_scales_, entries, 4);
+    swap(v_scales_, entries, 4);
+  }
+  for (int h = 0; h < hk; ++h) store_->swap_groups(a * hk + h, b * hk + h, stream);
+  Slot& sa = slots_[size_t(a)];
+  Slot& sb = slots_[size_t(b)];
+  std::swap(sa.clustered, sb.clustered);
+  std::swap(sa.clusters, sb.clusters);
+  std::swap(sa.steady, sb.steady);
+  set_slot_counts(a, stream);
+  set_slot_counts(b, stream);
 }
 
 int64_t WaveLayerKv::length(int slot) const { return clustered_tokens(slot) + steady_tokens(slot); }

@@ -99,6 +99,10 @@ class WaveLayerKv {
 
   // Empties the slot (synchronises the stream: its host pages may be read by queued kernels).
   void release(int slot, cudaStream_t stream);
+  // Exchanges the sequences of slots a and b (either may be empty): steady zones, meta index
+  // entries, cache uids (so the cluster cache keeps serving both) and host pages, in stream order,
+  // between steps. Each slot keeps its own count of sequences held, so uids made later stay fresh.
+  void swap_slots(int a, int b, cudaStream_t stream);
 
   int64_t length(int slot) const;          // tokens of the slot: clustered + steady
   int64_t clustered_tokens(int slot) const;

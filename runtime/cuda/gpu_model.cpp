@@ -19,6 +19,7 @@
 #include "attention/cuda/wave_select.h"
 #include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/cuda/swap.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/cuda/ops.h"
@@ -901,6 +902,8 @@ GpuModel::~GpuModel() {
 const ModelConfig& GpuModel::config() const { return impl_->full_config; }
 const ModelShard& GpuModel::shard() const { return impl_->shard; }
 int GpuModel::max_batch() const { return impl_->max_batch; }
+int64_t GpuModel::max_tokens() const { return impl_->max_tokens; }
+const GpuModelOptions& GpuModel::options() const { return impl_->options; }
 attention::AttentionMode GpuModel::attention_mode() const { return impl_->options.attention; }
 const GpuModelMemoryPlan& GpuModel::memory_plan() const { return impl_->plan; }
 int64_t GpuModel::length(int slot) const {
@@ -912,6 +915,29 @@ void GpuModel::reset(int slot) {
   m.check_slot(slot);
   for (auto& kv : m.wave_kv) kv->release(slot, m.stream);
   m.lengths[size_t(slot)] = 0;
+}
+
+void GpuModel::swap_slots(int a, int b) {
+  Impl& m = *impl_;
+  m.check_slot(a);
+  m.check_slot(b);
+  if (a == b) return;
+  if (m.wave_mode) {
+    for (auto& kv : m.wave_kv) kv->swap_slots(a, b, m.stream);
+  } else {
+    const ModelConfig& c = m.config;
+    // Only the rows either slot holds; the rest of both regions is unused.
+    const int64_t rows = std::max(m.lengths[size_t(a)], m.lengths[size_t(b)]);
+    const size_t bytes = size_t(rows) * size_t(c.num_kv_heads) * size_t(c.head_dim) * 2;
+    const size_t slot_bytes = size_t(m.slot_elems) * 2;
+    for (Layer& L : m.layers)
+      for (Buffer* cache : {&L.k_cache, &L.v_cache}) {
+        char* base = static_cast<char*>(cache->data());
+        RETRO_CUDA_CHECK(retro::cuda::swap_device_bytes(base + size_t(a) * slot_bytes, base + size_t(b) * slot_bytes,
+                                                        bytes, m.stream));
+      }
+  }
+  std::swap(m.lengths[size_t(a)], m.lengths[size_t(b)]);
 }
 
 void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits) {

@@ -121,10 +121,17 @@ class GpuModel {
   const ModelConfig& config() const;  // the whole model's
   const ModelShard& shard() const;
   int max_batch() const;
+  int64_t max_tokens() const;  // tokens one slot may hold
+  const GpuModelOptions& options() const;
   attention::AttentionMode attention_mode() const;
   const GpuModelMemoryPlan& memory_plan() const;
   int64_t length(int slot = 0) const;  // tokens the slot holds
   void reset(int slot = 0);            // empties the slot (wave: its host pages go back to the pool)
+  // Exchanges the sequences of slots a and b (either may be empty), in stream order: what a scheduler
+  // does to keep the sequences it decodes in slots [0, n), which is what decode() runs. Dense: the
+  // two slots' cached K/V rows; wave: each layer's steady zone, index and host pages (cluster cache
+  // entries stay valid). No captured step needs capturing again.
+  void swap_slots(int a, int b);
 
   // Runs a prompt into `slot` in chunks of at most max_chunk tokens; logits of its last token ->
   // host [vocab]. Dense: appends to what the slot holds. Wave: the slot must be empty (its index is
