@@ -23,11 +23,9 @@ T* ptr(const Buffer& b) {
 
 }  // namespace
 
-WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
-                         HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers)
-    : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
-      num_layers_(num_layers) {
-  params_.validate();
+WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexParams& params,
+                                    const WaveBufferParams& buffer, size_t page_bytes) {
+  params.validate();
   RETRO_CHECK(shape.max_batch > 0 && shape.num_q_heads > 0 && shape.num_kv_heads > 0 && shape.max_tokens > 0,
               "wave KV: max_batch {}, {} q heads, {} kv heads, max_tokens {}", shape.max_batch, shape.num_q_heads,
               shape.num_kv_heads, shape.max_tokens);
@@ -35,64 +33,125 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
               shape.num_q_heads, shape.num_kv_heads);
   RETRO_CHECK(shape.head_dim == 64 || shape.head_dim == 128, "wave KV: head_dim {} (built for 64 and 128)",
               shape.head_dim);
-  RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
   const int elem_bytes = wave_kv_elem_bytes(buffer.kv_dtype);
   RETRO_CHECK(elem_bytes > 0, "wave KV: kv_dtype {} (bf16 or fp8_e4m3)", dtype_name(buffer.kv_dtype));
-  group_size_ = shape.num_q_heads / shape.num_kv_heads;
-  const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
-  steady_capacity_ = int64_t(params_.sink_tokens) + params_.window_tokens + params_.update_segment_tokens;
+  const size_t row_bytes = size_t(shape.head_dim) * size_t(elem_bytes);
+  RETRO_CHECK(page_bytes > 0 && page_bytes % row_bytes == 0, "wave KV: pages of {} bytes do not hold whole rows of {}",
+              page_bytes, row_bytes);
+  const int d = shape.head_dim, hk = shape.num_kv_heads, group = shape.num_q_heads / hk;
+  const size_t batch = size_t(shape.max_batch), groups = batch * size_t(hk);
+  WaveLayerKvSizes z;
+  z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens;
   // Every prefill segment adds at most one cluster over tokens / tokens_per_cluster, and every update
   // segment exactly update_clusters().
-  const int64_t min_segment = std::min<int64_t>(params_.segment_tokens, params_.update_segment_tokens);
-  cluster_capacity_ = shape.max_tokens / params_.tokens_per_cluster + shape.max_tokens / min_segment + 2;
+  const int64_t min_segment = std::min<int64_t>(params.segment_tokens, params.update_segment_tokens);
+  z.cluster_capacity = shape.max_tokens / params.tokens_per_cluster + shape.max_tokens / min_segment + 2;
+  z.steady = batch * size_t(z.steady_capacity) * size_t(hk) * size_t(d) * 2;
+  z.steady_len = batch * 4;
+  const size_t entries = groups * size_t(z.cluster_capacity);
+  z.centroids = entries * size_t(d) * 2;
+  z.value_sums = entries * size_t(d) * 4;
+  z.sizes = entries * 4;
+  z.begins = entries * 8;
+  z.num_clusters = groups * 4;
+  z.uids = groups * 8;
+  z.scales = buffer.kv_dtype == DType::kFP8E4M3 ? entries * 4 : 0;
+  // Plans for every batch size, workspaces for the largest of them: attend() never allocates.
+  const WaveSelectBudgets budgets{params.retrieval_budget, params.estimation_budget, params.min_retrieve_clusters};
+  for (int b = 1; b <= shape.max_batch; ++b) {
+    const WaveSelectPlan sp = plan_wave_select(WaveSelectShape{b * hk, group, d}, budgets, z.cluster_capacity);
+    const WaveRetrievePlan rp = plan_wave_retrieve(b * hk, group, d, sp.retrieve_capacity, buffer.slot_tokens);
+    const DecodeAttentionPlan dp = plan_decode_attention(b, shape.num_q_heads, hk, d, z.steady_capacity);
+    z.select_ws = std::max(z.select_ws, sp.workspace_bytes);
+    z.retrieve_ws = std::max(z.retrieve_ws, rp.workspace_bytes);
+    z.steady_ws = std::max(z.steady_ws, dp.workspace_bytes);
+    z.retrieve_capacity = sp.retrieve_capacity;
+  }
+  z.retrieve_ids = groups * size_t(z.retrieve_capacity) * 4;
+  z.retrieve_count = groups * 4;
+  z.estimate_o = groups * size_t(group) * size_t(d) * 4;
+  z.estimate_lse = groups * size_t(group) * 4;
+  z.stats = groups * size_t(kWaveSelectStatCount) * 8;
+  z.steady_o = batch * size_t(shape.num_q_heads) * size_t(d) * 2;
+  z.steady_lse = batch * size_t(shape.num_q_heads) * 4;
+  // The host store's page tables: a device pointer per page of every group, K and V.
+  const int64_t page_rows = int64_t(page_bytes / row_bytes);
+  const int64_t max_pages = std::max<int64_t>(1, (shape.max_tokens + page_rows - 1) / page_rows);
+  z.page_tables = 2 * groups * size_t(max_pages) * sizeof(void*);
+  // Build: the whole clustered part of a max_tokens prompt, or one update segment.
+  const int64_t build_tokens =
+      std::max<int64_t>(shape.max_tokens - params.sink_tokens - params.window_tokens, params.update_segment_tokens);
+  size_t build_ws = 0;
+  for (int64_t n : {build_tokens, int64_t(params.update_segment_tokens)}) {
+    const WaveBuildShape bs{hk, n, d, params.tokens_per_cluster, params.segment_tokens, params.kmeans_iterations};
+    build_ws = std::max(build_ws, plan_wave_build(bs).workspace_bytes);
+  }
+  z.build = build_ws + size_t(hk) * size_t(build_tokens) * 4 + size_t(hk) * size_t(d) * 4;
+  return z;
+}
+
+size_t WaveLayerKvSizes::total() const {
+  size_t t = 0;
+  for (size_t b : {steady, steady, steady_len, centroids, value_sums, sizes, begins, num_clusters, uids, select_ws,
+                   retrieve_ws, steady_ws, retrieve_ids, retrieve_count, estimate_o, estimate_lse, stats, steady_o,
+                   steady_lse})
+    t += std::max<size_t>(b, 1);
+  if (scales > 0) t += 2 * scales;
+  return t + page_tables + build;
+}
+
+WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
+                         HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers)
+    : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
+      num_layers_(num_layers) {
+  RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
+  layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes());
+  const WaveLayerKvSizes& z = layout_;
+  group_size_ = shape.num_q_heads / shape.num_kv_heads;
+  const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
+  steady_capacity_ = z.steady_capacity;
+  cluster_capacity_ = z.cluster_capacity;
   slots_.resize(size_t(shape.max_batch));
 
-  store_ = std::make_unique<HostKvStore>(groups, d, size_t(elem_bytes), shape.max_tokens, pool, device_allocator);
-  const size_t steady_bytes = size_t(shape.max_batch) * steady_capacity_ * hk * d * 2;
-  k_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
-  v_steady_ = alloc(device_allocator, steady_bytes, MemoryPurpose::kKvCache);
-  steady_len_ = alloc(device_allocator, size_t(shape.max_batch) * 4, MemoryPurpose::kIndex);
-  const size_t entries = size_t(groups) * cluster_capacity_;
-  centroids_ = alloc(device_allocator, entries * d * 2, MemoryPurpose::kIndex);
-  value_sums_ = alloc(device_allocator, entries * d * 4, MemoryPurpose::kIndex);
-  sizes_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
-  begins_ = alloc(device_allocator, entries * 8, MemoryPurpose::kIndex);
-  num_clusters_ = alloc(device_allocator, size_t(groups) * 4, MemoryPurpose::kIndex);
-  uids_ = alloc(device_allocator, size_t(groups) * 8, MemoryPurpose::kIndex);
-  if (buffer.kv_dtype == DType::kFP8E4M3) {
-    k_scales_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
-    v_scales_ = alloc(device_allocator, entries * 4, MemoryPurpose::kIndex);
+  store_ = std::make_unique<HostKvStore>(groups, d, size_t(wave_kv_elem_bytes(buffer.kv_dtype)), shape.max_tokens, pool,
+                                         device_allocator);
+  k_steady_ = alloc(device_allocator, z.steady, MemoryPurpose::kKvCache);
+  v_steady_ = alloc(device_allocator, z.steady, MemoryPurpose::kKvCache);
+  steady_len_ = alloc(device_allocator, z.steady_len, MemoryPurpose::kIndex);
+  centroids_ = alloc(device_allocator, z.centroids, MemoryPurpose::kIndex);
+  value_sums_ = alloc(device_allocator, z.value_sums, MemoryPurpose::kIndex);
+  sizes_ = alloc(device_allocator, z.sizes, MemoryPurpose::kIndex);
+  begins_ = alloc(device_allocator, z.begins, MemoryPurpose::kIndex);
+  num_clusters_ = alloc(device_allocator, z.num_clusters, MemoryPurpose::kIndex);
+  uids_ = alloc(device_allocator, z.uids, MemoryPurpose::kIndex);
+  if (z.scales > 0) {
+    k_scales_ = alloc(device_allocator, z.scales, MemoryPurpose::kIndex);
+    v_scales_ = alloc(device_allocator, z.scales, MemoryPurpose::kIndex);
   }
   RETRO_CUDA_CHECK(cudaMemset(steady_len_.data(), 0, steady_len_.size()));
   RETRO_CUDA_CHECK(cudaMemset(num_clusters_.data(), 0, num_clusters_.size()));
   RETRO_CUDA_CHECK(cudaMemset(sizes_.data(), 0, sizes_.size()));
 
-  // Plans for every batch size, workspaces for the largest of them: attend() never allocates.
-  WaveSelectBudgets budgets{params_.retrieval_budget, params_.estimation_budget, params_.min_retrieve_clusters};
-  size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;
+  // Plans for every batch size (the workspaces are sized for the largest, plan_wave_layer_kv).
+  const WaveSelectBudgets budgets{params_.retrieval_budget, params_.estimation_budget, params_.min_retrieve_clusters};
   for (int b = 1; b <= shape.max_batch; ++b) {
     select_plans_.push_back(std::make_unique<WaveSelectPlan>(
         plan_wave_select(WaveSelectShape{b * hk, group_size_, d}, budgets, cluster_capacity_)));
-    const WaveSelectPlan& sp = *select_plans_.back();
     retrieve_plans_.push_back(std::make_unique<WaveRetrievePlan>(
-        plan_wave_retrieve(b * hk, group_size_, d, sp.retrieve_capacity, buffer_.slot_tokens)));
+        plan_wave_retrieve(b * hk, group_size_, d, select_plans_.back()->retrieve_capacity, buffer_.slot_tokens)));
     steady_plans_.push_back(std::make_unique<DecodeAttentionPlan>(
         plan_decode_attention(b, shape.num_q_heads, hk, d, steady_capacity_)));
-    select_ws = std::max(select_ws, sp.workspace_bytes);
-    retrieve_ws = std::max(retrieve_ws, retrieve_plans_.back()->workspace_bytes);
-    steady_ws = std::max(steady_ws, steady_plans_.back()->workspace_bytes);
   }
-  select_ws_ = alloc(device_allocator, select_ws, MemoryPurpose::kWorkspace);
-  retrieve_ws_ = alloc(device_allocator, retrieve_ws, MemoryPurpose::kWorkspace);
-  steady_ws_ = alloc(device_allocator, steady_ws, MemoryPurpose::kWorkspace);
-  const int retrieve_capacity = select_plans_.back()->retrieve_capacity;
-  retrieve_ids_ = alloc(device_allocator, size_t(groups) * retrieve_capacity * 4, MemoryPurpose::kActivations);
-  retrieve_count_ = alloc(device_allocator, size_t(groups) * 4, MemoryPurpose::kActivations);
-  estimate_o_ = alloc(device_allocator, size_t(groups) * group_size_ * d * 4, MemoryPurpose::kActivations);
-  estimate_lse_ = alloc(device_allocator, size_t(groups) * group_size_ * 4, MemoryPurpose::kActivations);
-  stats_ = alloc(device_allocator, size_t(groups) * kWaveSelectStatCount * 8, MemoryPurpose::kActivations);
-  steady_o_ = alloc(device_allocator, size_t(shape.max_batch) * shape.num_q_heads * d * 2, MemoryPurpose::kActivations);
-  steady_lse_ = alloc(device_allocator, size_t(shape.max_batch) * shape.num_q_heads * 4, MemoryPurpose::kActivations);
+  select_ws_ = alloc(device_allocator, z.select_ws, MemoryPurpose::kWorkspace);
+  retrieve_ws_ = alloc(device_allocator, z.retrieve_ws, MemoryPurpose::kWorkspace);
+  steady_ws_ = alloc(device_allocator, z.steady_ws, MemoryPurpose::kWorkspace);
+  retrieve_ids_ = alloc(device_allocator, z.retrieve_ids, MemoryPurpose::kActivations);
+  retrieve_count_ = alloc(device_allocator, z.retrieve_count, MemoryPurpose::kActivations);
+  estimate_o_ = alloc(device_allocator, z.estimate_o, MemoryPurpose::kActivations);
+  estimate_lse_ = alloc(device_allocator, z.estimate_lse, MemoryPurpose::kActivations);
+  stats_ = alloc(device_allocator, z.stats, MemoryPurpose::kActivations);
+  steady_o_ = alloc(device_allocator, z.steady_o, MemoryPurpose::kActivations);
+  steady_lse_ = alloc(device_allocator, z.steady_lse, MemoryPurpose::kActivations);
 }
 
 WaveLayerKv::~WaveLayerKv() = default;

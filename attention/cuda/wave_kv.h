@@ -54,6 +54,31 @@ struct WaveKvStats {
   int64_t clustered_tokens = 0;
 };
 
+// The device allocations of one WaveLayerKv, by buffer (bytes), derived from its shape and
+// parameters alone: what the constructor allocates, and what a model plans before building one.
+struct WaveLayerKvSizes {
+  int64_t steady_capacity = 0;   // rows of a slot's steady zone
+  int64_t cluster_capacity = 0;  // index entries of a (slot, KV head) group
+  int retrieve_capacity = 0;     // clusters one group may retrieve at its largest budget
+  size_t steady = 0;             // K (and again V) steady zones
+  size_t steady_len = 0;
+  size_t centroids = 0, value_sums = 0, sizes = 0, begins = 0, num_clusters = 0, uids = 0;
+  size_t scales = 0;             // fp8: K (and again V) per-cluster scales; 0 for bf16
+  size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;  // workspaces of the largest batch
+  size_t retrieve_ids = 0, retrieve_count = 0, estimate_o = 0, estimate_lse = 0, stats = 0, steady_o = 0,
+         steady_lse = 0;
+  size_t page_tables = 0;        // the host store's K and V page tables
+  size_t build = 0;              // build workspace, order and mean keys of the largest segment (allocated on first use)
+
+  // Everything above; every buffer counts at least one byte, as the allocator rounds empty ones up.
+  size_t total() const;
+};
+
+// The sizes for `shape`, `params` and `buffer`, with host pages of page_bytes (HostPagePool). Throws
+// retro::Error (kInvalidArgument) as the constructor does for an impossible shape or parameters.
+WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexParams& params,
+                                    const WaveBufferParams& buffer, size_t page_bytes);
+
 class WaveLayerKv {
  public:
   // layer of num_layers sharing one cluster cache: the cache uid of a group is
@@ -117,6 +142,7 @@ class WaveLayerKv {
   // so a benchmark can split a step's time; null (the default) records nothing.
   void set_select_event(cudaEvent_t event) { select_event_ = event; }
   size_t device_bytes() const;
+  const WaveLayerKvSizes& layout() const { return layout_; }
   size_t host_bytes() const { return store_->bytes_in_use(); }
 
  private:
@@ -134,6 +160,7 @@ class WaveLayerKv {
   const DecodeAttentionPlan& steady_plan(int batch);
 
   WaveKvShape shape_;
+  WaveLayerKvSizes layout_;
   WaveIndexParams params_;
   WaveBufferParams buffer_;
   Allocator* device_;

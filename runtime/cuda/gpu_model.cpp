@@ -70,76 +70,6 @@ wave::WaveCacheLayout plan_cluster_cache(const ModelConfig& c, int64_t max_token
   return wave::plan_wave_cache(p, c.head_dim);
 }
 
-// Device bytes of one WaveLayerKv: what its constructor allocates (steady zone, meta index with
-// the cluster capacity it derives from max_tokens, decode buffers and the workspaces of its largest
-// batch), the page tables of its host store, and the build workspace its largest segment (a prompt
-// of max_tokens) allocates on first use. Mirrors attention/cuda/wave_kv.cpp.
-size_t wave_layer_device_bytes(const ModelConfig& c, int64_t max_tokens, const GpuModelOptions& o) {
-  const attention::WaveIndexParams& p = o.wave;
-  const int hk = c.num_kv_heads, hq = c.num_heads, d = c.head_dim, batch = o.max_batch, group = hq / hk;
-  const size_t groups = size_t(batch) * size_t(hk);
-  const int64_t steady_capacity = int64_t(p.sink_tokens) + p.window_tokens + p.update_segment_tokens;
-  const int64_t min_segment = std::min<int64_t>(p.segment_tokens, p.update_segment_tokens);
-  const int64_t cluster_capacity = max_tokens / p.tokens_per_cluster + max_tokens / min_segment + 2;
-  size_t total = 0;
-  auto add = [&](size_t bytes) { total += std::max<size_t>(bytes, 1); };
-  add(size_t(batch) * size_t(steady_capacity) * size_t(hk) * size_t(d) * 2);  // K steady
-  add(size_t(batch) * size_t(steady_capacity) * size_t(hk) * size_t(d) * 2);  // V steady
-  add(size_t(batch) * 4);                                                   // steady lengths
-  const size_t entries = groups * size_t(cluster_capacity);
-  add(entries * size_t(d) * 2);  // centroids
-  add(entries * size_t(d) * 4);  // value sums
-  add(entries * 4);              // sizes
-  add(entries * 8);              // list begins
-  if (o.buffer.kv_dtype == DType::kFP8E4M3) {
-    add(entries * 4);  // K scales
-    add(entries * 4);  // V scales
-  }
-  add(groups * 4);               // cluster counts
-  add(groups * 8);               // cache uids
-  const wave::WaveSelectBudgets budgets{p.retrieval_budget, p.estimation_budget, p.min_retrieve_clusters};
-  size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;
-  int retrieve_capacity = 0;
-  for (int b = 1; b <= batch; ++b) {
-    const wave::WaveSelectPlan sp =
-        wave::plan_wave_select(wave::WaveSelectShape{b * hk, group, d}, budgets, cluster_capacity);
-    const wave::WaveRetrievePlan rp =
-        wave::plan_wave_retrieve(b * hk, group, d, sp.retrieve_capacity, o.buffer.slot_tokens);
-    const wave::DecodeAttentionPlan dp = wave::plan_decode_attention(b, hq, hk, d, steady_capacity);
-    select_ws = std::max(select_ws, sp.workspace_bytes);
-    retrieve_ws = std::max(retrieve_ws, rp.workspace_bytes);
-    steady_ws = std::max(steady_ws, dp.workspace_bytes);
-    retrieve_capacity = sp.retrieve_capacity;
-  }
-  add(select_ws);
-  add(retrieve_ws);
-  add(steady_ws);
-  add(groups * size_t(retrieve_capacity) * 4);                     // retrieved ids
-  add(groups * 4);                                                 // retrieved counts
-  add(groups * size_t(group) * size_t(d) * 4);                     // estimation outputs
-  add(groups * size_t(group) * 4);                                 // estimation LSEs
-  add(groups * size_t(wave::kWaveSelectStatCount) * 8);            // stats
-  add(size_t(batch) * size_t(hq) * size_t(d) * 2);                 // steady outputs
-  add(size_t(batch) * size_t(hq) * 4);                             // steady LSEs
-  // Host store page tables (K and V), a device pointer per page of every group.
-  const int64_t page_rows =
-      int64_t(host_page_bytes(c, o) / (size_t(d) * size_t(wave::wave_kv_elem_bytes(o.buffer.kv_dtype))));
-  const int64_t max_pages = std::max<int64_t>(1, (max_tokens + page_rows - 1) / page_rows);
-  add(groups * size_t(max_pages) * sizeof(void*));
-  add(groups * size_t(max_pages) * sizeof(void*));
-  // Build: the whole clustered part of a max_tokens prompt, or one update segment.
-  const int64_t build_tokens = std::max<int64_t>(max_tokens - p.sink_tokens - p.window_tokens, p.update_segment_tokens);
-  size_t build_ws = 0;
-  for (int64_t n : {build_tokens, int64_t(p.update_segment_tokens)}) {
-    const wave::WaveBuildShape shape{hk, n, d, p.tokens_per_cluster, p.segment_tokens, p.kmeans_iterations};
-    build_ws = std::max(build_ws, wave::plan_wave_build(shape).workspace_bytes);
-  }
-  add(build_ws);
-  add(size_t(hk) * size_t(build_tokens) * 4);  // build order
-  add(size_t(hk) * size_t(d) * 4);             // mean keys
-  return total;
-}
-
 GpuModelOptions dense_options(int64_t max_chunk, bool use_cuda_graph, int max_batch) {
   GpuModelOptions o;
   o.max_chunk = max_chunk;
@@ -700,7 +630,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
     p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
     return p;
   }
-  p.wave_kv = size_t(c.num_layers) * wave_layer_device_bytes(c, max_tokens, o);
+  const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
+  p.wave_kv = size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o)).total();
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
   // Residual stream, ids and positions of a max_tokens prompt; K and V of one layer.
   p.prefill = size_t(max_tokens) * (h * 2 + 12) + 2 * size_t(max_tokens) * size_t(c.kv_size()) * 2;
@@ -872,7 +803,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
     for (int l = 0; l < c.num_layers; ++l)
       m.wave_kv.push_back(std::make_unique<wave::WaveLayerKv>(shape, options.wave, options.buffer, *m.pool,
                                                               *m.allocator, l, c.num_layers));
-    // The plan mirrors WaveLayerKv's allocations (wave_layer_device_bytes): say so when they drift.
+    // The plan counts WaveLayerKv's allocations (plan_wave_layer_kv) and its build workspace before
+    // first use: say so if they ever drift apart.
     size_t allocated = 0;
     for (const auto& kv : m.wave_kv) allocated += kv->device_bytes();
     if (allocated > m.plan.wave_kv)
