@@ -23,8 +23,12 @@ T* ptr(const Buffer& b) {
 
 }  // namespace
 
+int64_t wave_growth_stagger(const WaveIndexParams& params, int layer) {
+  return std::max<int64_t>(0, std::min<int64_t>(layer, int64_t(params.update_segment_tokens) - params.window_tokens));
+}
+
 WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexParams& params,
-                                    const WaveBufferParams& buffer, size_t page_bytes) {
+                                    const WaveBufferParams& buffer, size_t page_bytes, int num_layers) {
   params.validate();
   RETRO_CHECK(shape.max_batch > 0 && shape.num_q_heads > 0 && shape.num_kv_heads > 0 && shape.max_tokens > 0,
               "wave KV: max_batch {}, {} q heads, {} kv heads, max_tokens {}", shape.max_batch, shape.num_q_heads,
@@ -41,7 +45,9 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
   const int d = shape.head_dim, hk = shape.num_kv_heads, group = shape.num_q_heads / hk;
   const size_t batch = size_t(shape.max_batch), groups = batch * size_t(hk);
   WaveLayerKvSizes z;
-  z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens;
+  RETRO_CHECK(num_layers > 0, "wave KV: {} layers", num_layers);
+  z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens +
+                      wave_growth_stagger(params, num_layers - 1);
   // Every prefill segment adds at most one cluster over tokens / tokens_per_cluster, and every update
   // segment exactly update_clusters().
   const int64_t min_segment = std::min<int64_t>(params.segment_tokens, params.update_segment_tokens);
@@ -105,11 +111,13 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
     : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
       num_layers_(num_layers) {
   RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
-  layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes());
+  layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes(), num_layers);
   const WaveLayerKvSizes& z = layout_;
   group_size_ = shape.num_q_heads / shape.num_kv_heads;
   const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
   steady_capacity_ = z.steady_capacity;
+  growth_at_ = int64_t(params_.sink_tokens) + params_.window_tokens + params_.update_segment_tokens +
+               wave_growth_stagger(params_, layer);
   cluster_capacity_ = z.cluster_capacity;
   slots_.resize(size_t(shape.max_batch));
 
@@ -253,12 +261,12 @@ void WaveLayerKv::build(int slot, const void* k, const void* v, int64_t n, int64
 
 bool WaveLayerKv::growth_due(int slot) const {
   RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
-  return slots_[size_t(slot)].steady >= steady_capacity_;
+  return slots_[size_t(slot)].steady >= growth_at_;
 }
 
 void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
-              slots_[size_t(slot)].steady, steady_capacity_);
+              slots_[size_t(slot)].steady, growth_at_);
   Slot& s = slots_[size_t(slot)];
   const int hk = shape_.num_kv_heads, d = shape_.head_dim;
   const int64_t row = int64_t(hk) * d;

@@ -631,7 +631,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
     return p;
   }
   const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
-  p.wave_kv = size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o)).total();
+  p.wave_kv =
+      size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total();
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
   // Residual stream, ids and positions of a max_tokens prompt; K and V of one layer.
   p.prefill = size_t(max_tokens) * (h * 2 + 12) + 2 * size_t(max_tokens) * size_t(c.kv_size()) * 2;

@@ -13,7 +13,8 @@
 //          WaveLayerKv (attention/cuda/wave_kv.h) clusters into its index and moves to pinned host
 //          pages before the next layer. Decode appends to the steady zone and runs wave attention
 //          (steady zone + retrieved clusters through the GPU cluster cache + estimated clusters).
-//          Update segments are clustered between steps, outside the captured graph.
+//          Update segments are clustered between steps, outside the captured graph; the layers of a
+//          slot come due at staggered steps (wave_growth_stagger), so no step clusters them all.
 //
 // Tensor parallelism: a GpuModel may be one rank's shard (runtime/model_shard.h) of a group that
 // parallel/gpu_tensor_parallel.h assembles: its own KV heads (each with its own wave index, host
