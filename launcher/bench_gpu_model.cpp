@@ -360,7 +360,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       // Cache counters are read before and after the timed steps, never inside one; synthetic inputs
       // are uploaded between steps, untimed.
       const attention::cuda::WaveCacheCounters before = wave ? model.wave_cache_counters() : attention::cuda::WaveCacheCounters{};
-      double decode_ms = 0;
+      double decode_ms = 0, slowest_ms = 0;
       // Greedy tokens picked on the GPU: only the tokens come back to the host (GpuModel::decode_sample).
       const std::vector<runtime::SamplingParams> greedy(static_cast<size_t>(bs));
       const std::vector<double> uniforms(static_cast<size_t>(bs), 0.0);
@@ -374,7 +374,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         } else {
           model.decode_sample(next, greedy, uniforms, next);
         }
-        decode_ms += std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+        decode_ms += ms;
+        slowest_ms = std::max(slowest_ms, ms);
         parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
       }
       const double step_ms = decode_ms / o.decode_tokens;
@@ -387,6 +389,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
                                  {"workload", o.workload}, {"host_logits", o.host_logits}};
       row["tp"] = world.tp;
+      row["decode_ms_slowest_step"] = slowest_ms;
       if (synthetic) row["seed"] = o.seed;
       if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
@@ -418,6 +421,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         row["clusters_per_group"] = double(st.clusters) / groups;
         row["host_kv_bytes"] = model.host_kv_bytes();
       }
+      say(leader, "(slowest decode step: {:.2f} ms)\n", slowest_ms);
       if (world.tp > 1) {
         // Each layer all-reduces the step's hidden rows twice (after O and after down).
         const double us = all_reduce_us(shard, *input_memory, bs);
