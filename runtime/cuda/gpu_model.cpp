@@ -40,6 +40,10 @@ namespace {
 
 namespace wave = attention::cuda;
 
+// Where a decode step's logits go: to the host, into a token per row sampled on the device, or (every
+// row greedy) into a token per row picked from one candidate per row and rank.
+enum class LogitsOut { kHost, kSampled, kGreedy };
+
 struct Layer {
   Buffer input_norm, post_norm, wq, wk, wv, wo, bq, bk, bv, bo, w_gate, w_up, w_down, b_gate, b_up, b_down;
   Buffer k_cache, v_cache;  // dense: [max_batch, max_tokens, kv_heads, head_dim] bf16
@@ -133,6 +137,7 @@ struct GpuModel::Impl {
   SamplingLayout sampling_layout;
   char* h_sampling = nullptr;
   Buffer d_sampling, logits_full;
+  Buffer candidates, gathered_candidates;  // greedy: [max_batch] this shard's, [tp, max_batch] the group's
   bool use_graph = true;
   // Per decode batch size: its plan, workspace and captured step.
   struct DecodeStep {
@@ -140,6 +145,7 @@ struct GpuModel::Impl {
     Buffer workspace;
     cudaGraphExec_t graph = nullptr;          // the step with its logits copied to the host
     cudaGraphExec_t sampled_graph = nullptr;  // the step with its tokens sampled on the device
+    cudaGraphExec_t greedy_graph = nullptr;   // the step with greedy tokens picked on the device
   };
   std::vector<DecodeStep> steps;  // index: batch size
   float attention_scaling = 1.0f;
@@ -272,7 +278,7 @@ struct GpuModel::Impl {
   // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits, copied in
   // stream order: [rows, vocab] fp32, or for a shard the gathered blocks [tp, rows, vocab_chunk] of
   // every rank's vocabulary rows (copy_logits puts them in place).
-  void project_logits(const void* xp, int64_t rows, bool sampled = false) {
+  void project_logits(const void* xp, int64_t rows, LogitsOut to = LogitsOut::kHost) {
     const ModelConfig& c = config;
     RETRO_CUDA_CHECK(rms_norm(xp, final_norm.data(), xn.data(), rows, c.hidden_size, c.rms_norm_eps, stream));
     // Tied: this shard's head is its block of rows of the (replicated) embedding.
@@ -280,17 +286,40 @@ struct GpuModel::Impl {
                                              : static_cast<const char*>(lm_head.data());
     const int64_t chunk = shard.vocab_chunk;
     gemm(xn.data(), rows, c.hidden_size, head, shard.vocab.size(), logits.data(), 0.0f, CUDA_R_32F, chunk);
+    if (to == LogitsOut::kGreedy) {
+      pick_greedy_tokens(rows);
+      return;
+    }
     const void* out = logits.data();
     if (collectives != nullptr) {
       collectives->all_gather_fp32(static_cast<const float*>(logits.data()), rows * chunk,
                                    static_cast<float*>(gathered.data()));
       out = gathered.data();
     }
-    if (sampled) {
+    if (to == LogitsOut::kSampled) {
       sample_next_tokens(out, rows);
       return;
     }
     RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, out, size_t(shard.tp * rows * chunk) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // Greedy rows from this shard's logits block: its best logit per row (a candidate of 8 bytes), the
+  // group's candidates gathered (not the logits), the best of them -> h_sampling's next.
+  void pick_greedy_tokens(int64_t rows) {
+    const SamplingLayout& L = sampling_layout;
+    char* d = static_cast<char*>(d_sampling.data());
+    auto* mine = static_cast<ArgmaxCandidate*>(candidates.data());
+    RETRO_CUDA_CHECK(argmax_rows(static_cast<const float*>(logits.data()), rows, shard.vocab.size(), shard.vocab_chunk,
+                                 shard.vocab.begin, mine, stream));
+    const ArgmaxCandidate* all = mine;
+    if (collectives != nullptr) {
+      // A candidate is two 4-byte words; the gather moves bytes.
+      collectives->all_gather_fp32(reinterpret_cast<const float*>(mine), rows * 2,
+                                   reinterpret_cast<float*>(gathered_candidates.data()));
+      all = static_cast<const ArgmaxCandidate*>(gathered_candidates.data());
+    }
+    RETRO_CUDA_CHECK(pick_best_candidates(all, shard.tp, rows, reinterpret_cast<int32_t*>(d + L.next), stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_sampling + L.next, d + L.next, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream));
   }
 
   // The step's logits (this shard's block, or the gathered blocks [tp, rows, vocab_chunk]) -> one
@@ -341,7 +370,7 @@ struct GpuModel::Impl {
   // nothing depends on host values — the step can be captured in a graph. Dense prefill: K/V land
   // straight in their cache rows and attention is the tensor-core prefill kernel.
   void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr,
-                  bool sampled = false) {
+                  LogitsOut to = LogitsOut::kHost) {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
@@ -395,7 +424,7 @@ struct GpuModel::Impl {
       attention_output_and_mlp(L, x.data(), n);
     }
     // Prefill: the last token only. Decode: every row is a sequence's newest token.
-    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, sampled);
+    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, to);
   }
 
   void prefill_chunk(int slot, const int32_t* tokens, int64_t n, float* host_logits) {
@@ -474,11 +503,11 @@ struct GpuModel::Impl {
 
   // The decode step's inputs travel from pinned host memory inside the step, so a captured graph
   // reads this step's values on every replay.
-  void decode_body(int batch, DecodeStep& step, bool sampled) {
+  void decode_body(int batch, DecodeStep& step, LogitsOut to) {
     RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), h_tokens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), h_pos, size_t(batch) * 8, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), h_lens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
-    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step, sampled);
+    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step, to);
   }
 
   // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
@@ -512,6 +541,8 @@ struct GpuModel::Impl {
     }
     const bool sampled = sampling != nullptr;
     if (sampled) stage_sampling(batch, sampling, uniforms);
+    const bool all_greedy = sampled && std::all_of(sampling, sampling + batch, [](const SamplingParams& p) { return p.greedy(); });
+    const LogitsOut to = !sampled ? LogitsOut::kHost : all_greedy ? LogitsOut::kGreedy : LogitsOut::kSampled;
     if (wave_mode) grow_due_segments(batch);
     DecodeStep& step = steps[size_t(batch)];
     if (!wave_mode && step.plan.tokens_per_split == 0) {
@@ -520,15 +551,17 @@ struct GpuModel::Impl {
       if (step.plan.workspace_bytes) step.workspace = allocator->allocate(step.plan.workspace_bytes, MemoryPurpose::kWorkspace);
     }
     if (!use_graph) {
-      decode_body(batch, step, sampled);
+      decode_body(batch, step, to);
     } else {
-      cudaGraphExec_t& graph = sampled ? step.sampled_graph : step.graph;
+      cudaGraphExec_t& graph = to == LogitsOut::kHost ? step.graph
+                               : to == LogitsOut::kSampled ? step.sampled_graph
+                                                           : step.greedy_graph;
       const bool replay = graph != nullptr;
       if (!replay) {
         cudaGraph_t g = nullptr;
         RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
-          decode_body(batch, step, sampled);
+          decode_body(batch, step, to);
         } catch (...) {
           cudaStreamEndCapture(stream, &g);
           if (g) cudaGraphDestroy(g);
@@ -585,7 +618,7 @@ struct GpuModel::Impl {
       // Captured steps hold the old addresses; each batch size is captured again on its next step.
       RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (DecodeStep& step : steps) {
-        for (cudaGraphExec_t* g : {&step.graph, &step.sampled_graph}) {
+        for (cudaGraphExec_t* g : {&step.graph, &step.sampled_graph, &step.greedy_graph}) {
           if (*g) RETRO_CUDA_CHECK(cudaGraphExecDestroy(*g));
           *g = nullptr;
         }
@@ -768,6 +801,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   }
   m.sampling_layout = Impl::SamplingLayout(max_batch);
   m.d_sampling = act(m.sampling_layout.bytes);
+  m.candidates = act(size_t(max_batch) * sizeof(ArgmaxCandidate));
+  if (!shard.is_whole()) m.gathered_candidates = act(size_t(shard.tp) * size_t(max_batch) * sizeof(ArgmaxCandidate));
   m.ids = act(size_t(id_rows) * 4);
   m.positions = act(size_t(id_rows) * 8);
   m.seq_len = act(size_t(max_batch) * 4);
@@ -822,7 +857,7 @@ GpuModel::~GpuModel() {
   // Pinned pages and device buffers are freed below: no queued kernel may still read them.
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
   for (auto& step : impl_->steps)
-    for (cudaGraphExec_t g : {step.graph, step.sampled_graph})
+    for (cudaGraphExec_t g : {step.graph, step.sampled_graph, step.greedy_graph})
       if (g) cudaGraphExecDestroy(g);
   impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
