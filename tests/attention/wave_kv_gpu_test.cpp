@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <numeric>
 #include <random>
@@ -55,12 +56,139 @@ std::vector<bf16> random_rows(std::mt19937& rng, int64_t rows, int64_t width, st
   return out;
 }
 
+// The scenario of both full-retrieval tests on one WaveLayerKv (8 q / 2 kv heads of 128, 2 slots):
+// slots prefilled with 3000 and 1500 tokens, then 300 decode steps that cross update segments, with
+// slot 1 released and refilled with 2100 new tokens at step 150 (its cached parts must never come
+// back). Outputs are poisoned before every step; every 7th step and the last, `check` sees them.
+class FullRetrievalRun {
+ public:
+  static constexpr int kHq = 8, kHk = 2, kD = 128, kBatch = 2;
+  static constexpr int64_t kRow = int64_t(kHk) * kD;
+  // `tokens` rows of K (value false) or V [tokens, kHk, kD] bf16, their values appended as stored.
+  using Rows = std::function<std::vector<bf16>(int64_t tokens, bool value, std::vector<float>* append)>;
+  // A checked step: out [kBatch, kHq, kD], lse [kBatch, kHq], q [kBatch, kHq, kD].
+  using Check = std::function<void(int step, const std::vector<bf16>& out, const std::vector<float>& lse,
+                                   const std::vector<float>& q)>;
+
+  FullRetrievalRun(cuda::WaveLayerKv& kv, const cuda::WaveCacheView& cache, std::mt19937& rng, Rows rows)
+      : kv_(kv), cache_(cache), rng_(rng), rows_(std::move(rows)), seqs(kBatch) {}
+
+  void prefill(int slot, int64_t n) {
+    seqs[size_t(slot)] = Sequence{};
+    const std::vector<bf16> k = rows_(n, false, &seqs[size_t(slot)].k), v = rows_(n, true, &seqs[size_t(slot)].v);
+    void* dk = upload(k);
+    void* dv = upload(v);
+    kv_.build(slot, dk, dv, n, kRow, nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    cudaFree(dk);
+    cudaFree(dv);
+  }
+
+  // The 300 decode steps (after prefill(0, 3000) and prefill(1, 1500)).
+  void decode(const Check& check) {
+    void *dq, *dout, *dk_new, *dv_new;
+    float* dlse;
+    ASSERT_CUDA(cudaMalloc(&dq, size_t(kBatch) * kHq * kD * 2));
+    ASSERT_CUDA(cudaMalloc(&dout, size_t(kBatch) * kHq * kD * 2));
+    ASSERT_CUDA(cudaMalloc(&dk_new, size_t(kBatch) * kRow * 2));
+    ASSERT_CUDA(cudaMalloc(&dv_new, size_t(kBatch) * kRow * 2));
+    ASSERT_CUDA(cudaMalloc(&dlse, size_t(kBatch) * kHq * 4));
+    for (int step = 0; step < 300 && !::testing::Test::HasFatalFailure(); ++step) {
+      if (step == 150) {
+        kv_.release(1, nullptr);
+        prefill(1, 2100);
+      }
+      for (int b = 0; b < kBatch; ++b)
+        if (kv_.growth_due(b)) {
+          kv_.grow(b, nullptr);
+          ++grown;
+        }
+      std::vector<float> kf, vf, qf;
+      const std::vector<bf16> kn = rows_(kBatch, false, &kf), vn = rows_(kBatch, true, &vf);
+      const std::vector<bf16> q = random_rows(rng_, kBatch, int64_t(kHq) * kD, &qf);
+      for (int b = 0; b < kBatch; ++b) {
+        seqs[size_t(b)].k.insert(seqs[size_t(b)].k.end(), kf.begin() + b * kRow, kf.begin() + (b + 1) * kRow);
+        seqs[size_t(b)].v.insert(seqs[size_t(b)].v.end(), vf.begin() + b * kRow, vf.begin() + (b + 1) * kRow);
+      }
+      ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemset(dout, 0xFF, size_t(kBatch) * kHq * kD * 2));
+      ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(kBatch) * kHq * 4));
+      kv_.append(dk_new, dv_new, kBatch, nullptr);
+      kv_.attend(dq, dout, dlse, kBatch, 1.0f / std::sqrt(float(kD)), cache_, nullptr);
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      if (step % 7 != 0 && step != 299) continue;
+      ++checked;
+      std::vector<bf16> out(size_t(kBatch) * kHq * kD);
+      std::vector<float> lse(size_t(kBatch) * kHq);
+      ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
+      for (int b = 0; b < kBatch; ++b) ASSERT_EQ(kv_.length(b), int64_t(seqs[size_t(b)].k.size()) / kRow) << "slot " << b;
+      check(step, out, lse, qf);
+    }
+    for (void* p : {dq, dout, dk_new, dv_new, static_cast<void*>(dlse)}) cudaFree(p);
+  }
+
+  int grown = 0, checked = 0;
+
+ private:
+  static void* upload(const std::vector<bf16>& h) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * 2), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    return p;
+  }
+
+  cuda::WaveLayerKv& kv_;
+  const cuda::WaveCacheView& cache_;
+  std::mt19937& rng_;
+  Rows rows_;
+
+ public:
+  std::vector<Sequence> seqs;  // every token of each slot's current sequence, as stored in bf16
+};
+
+// Dense attention of query head h of slot b over the sequence's tokens [0, n), in double: the output
+// and the log-sum-exp (natural log). kval / vval give element i of token t's K / V row of the head.
+struct DenseReference {
+  std::vector<double> o;
+  double lse = 0;
+  double max_logit = 0;
+};
+template <typename KVal, typename VVal>
+DenseReference dense_reference(const float* q, int64_t n, double scale, KVal kval, VVal vval) {
+  const int d = FullRetrievalRun::kD;
+  std::vector<double> logit(static_cast<size_t>(n));
+  double mx = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) {
+    double dot = 0;
+    for (int i = 0; i < d; ++i) dot += double(q[i]) * kval(t, i);
+    logit[size_t(t)] = dot * scale;
+    mx = std::max(mx, logit[size_t(t)]);
+  }
+  DenseReference r;
+  r.o.assign(size_t(d), 0.0);
+  double sum = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const double p = std::exp(logit[size_t(t)] - mx);
+    sum += p;
+    for (int i = 0; i < d; ++i) r.o[size_t(i)] += p * vval(t, i);
+  }
+  for (double& x : r.o) x /= sum;
+  r.lse = mx + std::log(sum);
+  r.max_logit = mx;
+  return r;
+}
+
 TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   const bool with_cache = GetParam();
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);
-  const int hq = 8, hk = 2, d = 128, G = hq / hk, batch = 2;
+  constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
+  constexpr int batch = FullRetrievalRun::kBatch;
+  constexpr int64_t row = FullRetrievalRun::kRow;
   WaveIndexParams params;
   params.segment_tokens = 1024;
   params.update_segment_tokens = 128;
@@ -83,27 +211,11 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
     cache = cuda::init_wave_cache(layout, cache_mem.data(), nullptr);
   }
 
-  std::vector<Sequence> seqs(batch);
-  const int64_t row = int64_t(hk) * d;
-  auto upload = [&](const std::vector<bf16>& h) {
-    void* p = nullptr;
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * 2), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-    return p;
-  };
-  auto prefill = [&](int slot, int64_t n) {
-    seqs[size_t(slot)] = Sequence{};
-    auto k = random_rows(rng, n, row, &seqs[size_t(slot)].k);
-    auto v = random_rows(rng, n, row, &seqs[size_t(slot)].v);
-    void* dk = upload(k);
-    void* dv = upload(v);
-    kv.build(slot, dk, dv, n, row, nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    cudaFree(dk);
-    cudaFree(dv);
-  };
-  prefill(0, 3000);
-  prefill(1, 1500);
+  FullRetrievalRun run(kv, cache, rng, [&](int64_t tokens, bool, std::vector<float>* append) {
+    return random_rows(rng, tokens, row, append);
+  });
+  run.prefill(0, 3000);
+  run.prefill(1, 1500);
   EXPECT_EQ(kv.length(0), 3000);
   EXPECT_EQ(kv.steady_tokens(0), params.sink_tokens + params.window_tokens);
   // Tokens between the sink and the window are clustered, in segments of segment_tokens.
@@ -112,85 +224,32 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
                                     hk, kv.clustered_tokens(0), d, params.tokens_per_cluster, params.segment_tokens,
                                     params.kmeans_iterations}));
 
-  void *dq, *dout, *dk_new, *dv_new;
-  float* dlse;
-  ASSERT_CUDA(cudaMalloc(&dq, size_t(batch) * hq * d * 2));
-  ASSERT_CUDA(cudaMalloc(&dout, size_t(batch) * hq * d * 2));
-  ASSERT_CUDA(cudaMalloc(&dk_new, size_t(batch) * row * 2));
-  ASSERT_CUDA(cudaMalloc(&dv_new, size_t(batch) * row * 2));
-  ASSERT_CUDA(cudaMalloc(&dlse, size_t(batch) * hq * 4));
-  const float scale = 1.0f / std::sqrt(float(d));
-  int grown = 0, checked = 0;
-  for (int step = 0; step < 300; ++step) {
-    if (step == 150) {  // slot 1 gets a new sequence: its cached parts must never come back
-      kv.release(1, nullptr);
-      prefill(1, 2100);
-    }
-    for (int b = 0; b < batch; ++b)
-      if (kv.growth_due(b)) {
-        kv.grow(b, nullptr);
-        ++grown;
-      }
-    std::vector<float> kf, vf, qf;
-    auto kn = random_rows(rng, batch, row, &kf);
-    auto vn = random_rows(rng, batch, row, &vf);
-    auto q = random_rows(rng, batch, int64_t(hq) * d, &qf);
+  const double scale = 1.0 / std::sqrt(double(d));
+  run.decode([&](int step, const std::vector<bf16>& out, const std::vector<float>& lse, const std::vector<float>& qf) {
     for (int b = 0; b < batch; ++b) {
-      seqs[size_t(b)].k.insert(seqs[size_t(b)].k.end(), kf.begin() + b * row, kf.begin() + (b + 1) * row);
-      seqs[size_t(b)].v.insert(seqs[size_t(b)].v.end(), vf.begin() + b * row, vf.begin() + (b + 1) * row);
-    }
-    ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemset(dout, 0xFF, size_t(batch) * hq * d * 2));
-    ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(batch) * hq * 4));
-    kv.append(dk_new, dv_new, batch, nullptr);
-    kv.attend(dq, dout, dlse, batch, scale, cache, nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    if (step % 7 != 0 && step != 299) continue;
-    ++checked;
-    std::vector<bf16> out(size_t(batch) * hq * d);
-    std::vector<float> lse(size_t(batch) * hq);
-    ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
-    ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
-    for (int b = 0; b < batch; ++b) {
-      const Sequence& s = seqs[size_t(b)];
+      const Sequence& s = run.seqs[size_t(b)];
       const int64_t n = int64_t(s.k.size()) / row;
-      ASSERT_EQ(kv.length(b), n) << "slot " << b;
       for (int h = 0; h < hq; ++h) {
-        const float* qh = qf.data() + (size_t(b) * hq + h) * d;
         const int kvh = h / G;
-        std::vector<double> logit(static_cast<size_t>(n));
-        double mx = -INFINITY;
-        for (int64_t t = 0; t < n; ++t) {
-          double dot = 0;
-          for (int i = 0; i < d; ++i) dot += double(qh[i]) * s.k[size_t(t * row + kvh * d + i)];
-          logit[size_t(t)] = dot * scale;
-          mx = std::max(mx, logit[size_t(t)]);
-        }
-        double sum = 0;
-        std::vector<double> o(static_cast<size_t>(d), 0.0);
-        for (int64_t t = 0; t < n; ++t) {
-          const double p = std::exp(logit[size_t(t)] - mx);
-          sum += p;
-          for (int i = 0; i < d; ++i) o[size_t(i)] += p * s.v[size_t(t * row + kvh * d + i)];
-        }
+        const DenseReference want = dense_reference(
+            qf.data() + (size_t(b) * hq + h) * d, n, scale,
+            [&](int64_t t, int i) { return double(s.k[size_t(t * row + kvh * d + i)]); },
+            [&](int64_t t, int i) { return double(s.v[size_t(t * row + kvh * d + i)]); });
         double num = 0, den = 0;
         for (int i = 0; i < d; ++i) {
-          const double want = o[size_t(i)] / sum;
           const double got = bf16_to_float(out[(size_t(b) * hq + h) * d + size_t(i)]);
           ASSERT_FALSE(std::isnan(got)) << "step " << step << " slot " << b << " head " << h;
-          num += (got - want) * (got - want);
-          den += want * want;
+          num += (got - want.o[size_t(i)]) * (got - want.o[size_t(i)]);
+          den += want.o[size_t(i)] * want.o[size_t(i)];
         }
         EXPECT_LT(std::sqrt(num / den), 1.5e-2) << "step " << step << " slot " << b << " head " << h;
-        EXPECT_NEAR(lse[size_t(b) * hq + h], mx + std::log(sum), 2e-3 * std::max(1.0, std::abs(mx)))
+        EXPECT_NEAR(lse[size_t(b) * hq + h], want.lse, 2e-3 * std::max(1.0, std::abs(want.max_logit)))
             << "step " << step << " slot " << b << " head " << h;
       }
     }
-  }
-  EXPECT_GE(grown, 3);  // both slots crossed update segments
-  EXPECT_GT(checked, 40);
+  });
+  EXPECT_GE(run.grown, 3);  // both slots crossed update segments
+  EXPECT_GT(run.checked, 40);
   const cuda::WaveKvStats st = kv.stats(batch, nullptr);
   EXPECT_EQ(st.retrieved_clusters, st.non_empty_clusters);  // every cluster retrieved
   EXPECT_EQ(st.estimated_clusters, 0);
@@ -201,11 +260,6 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
     EXPECT_GT(c.miss_parts, 0u);
     EXPECT_GT(c.admitted_parts, 0u);
   }
-  cudaFree(dq);
-  cudaFree(dout);
-  cudaFree(dk_new);
-  cudaFree(dv_new);
-  cudaFree(dlse);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cache, WaveKvGpu, ::testing::Values(false, true),
@@ -370,7 +424,9 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);
-  const int hq = 8, hk = 2, d = 128, G = hq / hk, batch = 2;
+  constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
+  constexpr int batch = FullRetrievalRun::kBatch;
+  constexpr int64_t row = FullRetrievalRun::kRow;
   const float kmax = 8.0f, vmax = 4.0f;  // every K row's largest |x| is 8, every V row's 4
   const float kscale = kmax / kFp8E4M3Max, vscale = vmax / kFp8E4M3Max;
   WaveIndexParams params;
@@ -405,134 +461,64 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
     EXPECT_EQ(bf16_layout.bytes - layout.bytes, size_t(layout.num_slots()) * 2 * 16 * d);
   }
 
-  std::vector<Sequence> seqs(batch);
-  const int64_t row = int64_t(hk) * d;
-  auto upload = [&](const std::vector<bf16>& h) {
-    void* p = nullptr;
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * 2), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-    return p;
-  };
-  auto prefill = [&](int slot, int64_t n) {
-    seqs[size_t(slot)] = Sequence{};
-    auto k = rows_with_max(rng, n * hk, d, kmax, &seqs[size_t(slot)].k);
-    auto v = rows_with_max(rng, n * hk, d, vmax, &seqs[size_t(slot)].v);
-    void* dk = upload(k);
-    void* dv = upload(v);
-    kv.build(slot, dk, dv, n, row, nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    cudaFree(dk);
-    cudaFree(dv);
-  };
+  FullRetrievalRun run(kv, cache, rng, [&](int64_t tokens, bool value, std::vector<float>* append) {
+    return rows_with_max(rng, tokens * hk, d, value ? vmax : kmax, append);
+  });
   auto host_pages = [&](int64_t rows) { return (rows + page_rows - 1) / page_rows; };
-  prefill(0, 3000);
-  prefill(1, 1500);
+  run.prefill(0, 3000);
+  run.prefill(1, 1500);
   // Pages of the same bytes hold twice the rows of bf16 ones: K and V pages of every KV head.
   EXPECT_EQ(kv.host_bytes(), size_t(2 * hk) * page_bytes *
                                  size_t(host_pages(kv.clustered_tokens(0)) + host_pages(kv.clustered_tokens(1))));
 
-  void *dq, *dout, *dk_new, *dv_new;
-  float* dlse;
-  ASSERT_CUDA(cudaMalloc(&dq, size_t(batch) * hq * d * 2));
-  ASSERT_CUDA(cudaMalloc(&dout, size_t(batch) * hq * d * 2));
-  ASSERT_CUDA(cudaMalloc(&dk_new, size_t(batch) * row * 2));
-  ASSERT_CUDA(cudaMalloc(&dv_new, size_t(batch) * row * 2));
-  ASSERT_CUDA(cudaMalloc(&dlse, size_t(batch) * hq * 4));
-  const float scale = 1.0f / std::sqrt(float(d));
-  int grown = 0, checked = 0;
+  const double scale = 1.0 / std::sqrt(double(d));
   double err_fp8_sum = 0, err_bf16_sum = 0;
   int64_t err_count = 0;
-  for (int step = 0; step < 300; ++step) {
-    if (step == 150) {  // slot 1 gets a new sequence: its cached parts must never come back
-      kv.release(1, nullptr);
-      prefill(1, 2100);
-    }
-    for (int b = 0; b < batch; ++b)
-      if (kv.growth_due(b)) {
-        kv.grow(b, nullptr);
-        ++grown;
-      }
-    std::vector<float> kf, vf, qf;
-    auto kn = rows_with_max(rng, int64_t(batch) * hk, d, kmax, &kf);
-    auto vn = rows_with_max(rng, int64_t(batch) * hk, d, vmax, &vf);
-    auto q = random_rows(rng, batch, int64_t(hq) * d, &qf);
+  run.decode([&](int step, const std::vector<bf16>& out, const std::vector<float>& lse, const std::vector<float>& qf) {
     for (int b = 0; b < batch; ++b) {
-      seqs[size_t(b)].k.insert(seqs[size_t(b)].k.end(), kf.begin() + b * row, kf.begin() + (b + 1) * row);
-      seqs[size_t(b)].v.insert(seqs[size_t(b)].v.end(), vf.begin() + b * row, vf.begin() + (b + 1) * row);
-    }
-    ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-    ASSERT_CUDA(cudaMemset(dout, 0xFF, size_t(batch) * hq * d * 2));
-    ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(batch) * hq * 4));
-    kv.append(dk_new, dv_new, batch, nullptr);
-    kv.attend(dq, dout, dlse, batch, scale, cache, nullptr);
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    if (step % 7 != 0 && step != 299) continue;
-    ++checked;
-    std::vector<bf16> out(size_t(batch) * hq * d);
-    std::vector<float> lse(size_t(batch) * hq);
-    ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
-    ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
-    for (int b = 0; b < batch; ++b) {
-      const Sequence& s = seqs[size_t(b)];
+      const Sequence& s = run.seqs[size_t(b)];
       const int64_t n = int64_t(s.k.size()) / row;
-      ASSERT_EQ(kv.length(b), n) << "slot " << b;
       // The clustered tokens are [sink, sink + clustered): the first sink_tokens and the most
       // recent ones stay in the steady zone in bf16.
       const int64_t c0 = kv.clustered_tokens(b) > 0 ? params.sink_tokens : 0, c1 = c0 + kv.clustered_tokens(b);
       for (int h = 0; h < hq; ++h) {
         const float* qh = qf.data() + (size_t(b) * hq + h) * d;
         const int kvh = h / G;
-        double result[2][2] = {};  // [fp8 reference, bf16 reference] x [error num, error den]
+        double err[2] = {};  // relative L2 error against [the stored (fp8) K/V, the bf16 K/V]
         for (int ref = 0; ref < 2; ++ref) {
           const bool stored = ref == 0;
-          auto kval = [&](int64_t t, int i) {
-            const float x = s.k[size_t(t * row + kvh * d + i)];
-            return stored && t >= c0 && t < c1 ? fp8_rounded(x, kscale) : double(x);
-          };
-          auto vval = [&](int64_t t, int i) {
-            const float x = s.v[size_t(t * row + kvh * d + i)];
-            return stored && t >= c0 && t < c1 ? fp8_rounded(x, vscale) : double(x);
-          };
-          std::vector<double> logit(static_cast<size_t>(n));
-          double mx = -INFINITY;
-          for (int64_t t = 0; t < n; ++t) {
-            double dot = 0;
-            for (int i = 0; i < d; ++i) dot += double(qh[i]) * kval(t, i);
-            logit[size_t(t)] = dot * scale;
-            mx = std::max(mx, logit[size_t(t)]);
-          }
-          double sum = 0;
-          std::vector<double> o(static_cast<size_t>(d), 0.0);
-          for (int64_t t = 0; t < n; ++t) {
-            const double p = std::exp(logit[size_t(t)] - mx);
-            sum += p;
-            for (int i = 0; i < d; ++i) o[size_t(i)] += p * vval(t, i);
-          }
+          const DenseReference want = dense_reference(
+              qh, n, scale,
+              [&](int64_t t, int i) {
+                const float x = s.k[size_t(t * row + kvh * d + i)];
+                return stored && t >= c0 && t < c1 ? fp8_rounded(x, kscale) : double(x);
+              },
+              [&](int64_t t, int i) {
+                const float x = s.v[size_t(t * row + kvh * d + i)];
+                return stored && t >= c0 && t < c1 ? fp8_rounded(x, vscale) : double(x);
+              });
+          double num = 0, den = 0;
           for (int i = 0; i < d; ++i) {
-            const double want = o[size_t(i)] / sum;
             const double got = bf16_to_float(out[(size_t(b) * hq + h) * d + size_t(i)]);
             ASSERT_FALSE(std::isnan(got)) << "step " << step << " slot " << b << " head " << h;
-            result[ref][0] += (got - want) * (got - want);
-            result[ref][1] += want * want;
+            num += (got - want.o[size_t(i)]) * (got - want.o[size_t(i)]);
+            den += want.o[size_t(i)] * want.o[size_t(i)];
           }
+          err[ref] = std::sqrt(num / den);
           if (stored) {
-            EXPECT_NEAR(lse[size_t(b) * hq + h], mx + std::log(sum), 2e-3 * std::max(1.0, std::abs(mx)))
+            EXPECT_NEAR(lse[size_t(b) * hq + h], want.lse, 2e-3 * std::max(1.0, std::abs(want.max_logit)))
                 << "step " << step << " slot " << b << " head " << h;
           }
         }
-        const double err_fp8 = std::sqrt(result[0][0] / result[0][1]);
-        const double err_bf16 = std::sqrt(result[1][0] / result[1][1]);
-        EXPECT_LT(err_fp8, 6e-3) << "step " << step << " slot " << b << " head " << h;
-        err_fp8_sum += err_fp8;
-        err_bf16_sum += err_bf16;
+        EXPECT_LT(err[0], 6e-3) << "step " << step << " slot " << b << " head " << h;
+        err_fp8_sum += err[0];
+        err_bf16_sum += err[1];
         ++err_count;
       }
     }
-  }
-  EXPECT_GE(grown, 3);  // both slots crossed update segments
-  EXPECT_GT(checked, 40);
+  });
+  EXPECT_GE(run.grown, 3);  // both slots crossed update segments
+  EXPECT_GT(run.checked, 40);
   const double err_fp8 = err_fp8_sum / double(err_count), err_bf16 = err_bf16_sum / double(err_count);
   std::cout << "fp8 host KV, relative L2 error of the output: " << err_fp8 << " against attention over the stored "
             << "K/V, " << err_bf16 << " against attention over the bf16 K/V\n";
@@ -562,11 +548,6 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
     EXPECT_GT(c.admitted_parts, 0u);
     EXPECT_EQ(c.host_bytes, c.host_rows * uint64_t(d) * 2) << "K and V rows of one byte an element";
   }
-  cudaFree(dq);
-  cudaFree(dout);
-  cudaFree(dk_new);
-  cudaFree(dv_new);
-  cudaFree(dlse);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cache, WaveKvFp8Gpu, ::testing::Values(false, true),
