@@ -181,6 +181,34 @@ DenseReference dense_reference(const float* q, int64_t n, double scale, KVal kva
   return r;
 }
 
+// Both scenarios' index: segments of 1024 and update segments of 128 tokens, every cluster retrieved.
+WaveIndexParams full_retrieval_params() {
+  WaveIndexParams params;
+  params.segment_tokens = 1024;
+  params.update_segment_tokens = 128;
+  params.retrieval_budget = 1.0;
+  params.estimation_budget = 0.0;
+  return params;
+}
+
+// A cluster cache of 64 slots of 16 rows (4 ways): small enough to evict, for host KV of `kv_dtype`.
+cuda::WaveBufferParams small_cache(DType kv_dtype) {
+  cuda::WaveBufferParams buffer;
+  buffer.num_slots = 64;
+  buffer.ways = 4;
+  buffer.slot_tokens = 16;
+  buffer.kv_dtype = kv_dtype;
+  return buffer;
+}
+
+// The cache of `buffer` in `memory` (kept by the caller), or none.
+cuda::WaveCacheView make_cache(bool with_cache, const cuda::WaveBufferParams& buffer, Allocator& device, Buffer& memory) {
+  if (!with_cache) return {};
+  const cuda::WaveCacheLayout layout = cuda::plan_wave_cache(buffer, FullRetrievalRun::kD);
+  memory = device.allocate(layout.bytes, MemoryPurpose::kKvCache);
+  return cuda::init_wave_cache(layout, memory.data(), nullptr);
+}
+
 TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   const bool with_cache = GetParam();
   const uint32_t seed = std::random_device{}();
@@ -189,27 +217,14 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
   constexpr int batch = FullRetrievalRun::kBatch;
   constexpr int64_t row = FullRetrievalRun::kRow;
-  WaveIndexParams params;
-  params.segment_tokens = 1024;
-  params.update_segment_tokens = 128;
-  params.retrieval_budget = 1.0;
-  params.estimation_budget = 0.0;
-  cuda::WaveBufferParams buffer;
-  buffer.num_slots = 64;
-  buffer.ways = 4;
-  buffer.slot_tokens = 16;
-
+  const WaveIndexParams params = full_retrieval_params();
+  const cuda::WaveBufferParams buffer = small_cache(DType::kBF16);
   auto pinned = make_pinned_host_allocator();
   auto device = make_device_allocator(0);
   cuda::HostPagePool pool(size_t(256) * d * 2, size_t(4) << 20, *pinned);
   cuda::WaveLayerKv kv(cuda::WaveKvShape{batch, hq, hk, d, 4000}, params, buffer, pool, *device);
-  cuda::WaveCacheView cache;
   Buffer cache_mem;
-  if (with_cache) {
-    const cuda::WaveCacheLayout layout = cuda::plan_wave_cache(buffer, d);
-    cache_mem = device->allocate(layout.bytes, MemoryPurpose::kKvCache);
-    cache = cuda::init_wave_cache(layout, cache_mem.data(), nullptr);
-  }
+  const cuda::WaveCacheView cache = make_cache(with_cache, buffer, *device, cache_mem);
 
   FullRetrievalRun run(kv, cache, rng, [&](int64_t tokens, bool, std::vector<float>* append) {
     return random_rows(rng, tokens, row, append);
@@ -429,16 +444,8 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
   constexpr int64_t row = FullRetrievalRun::kRow;
   const float kmax = 8.0f, vmax = 4.0f;  // every K row's largest |x| is 8, every V row's 4
   const float kscale = kmax / kFp8E4M3Max, vscale = vmax / kFp8E4M3Max;
-  WaveIndexParams params;
-  params.segment_tokens = 1024;
-  params.update_segment_tokens = 128;
-  params.retrieval_budget = 1.0;
-  params.estimation_budget = 0.0;
-  cuda::WaveBufferParams buffer;
-  buffer.num_slots = 64;
-  buffer.ways = 4;
-  buffer.slot_tokens = 16;
-  buffer.kv_dtype = DType::kFP8E4M3;
+  const WaveIndexParams params = full_retrieval_params();
+  const cuda::WaveBufferParams buffer = small_cache(DType::kFP8E4M3);
 
   auto pinned = make_pinned_host_allocator();
   auto device = make_device_allocator(0);
@@ -447,12 +454,10 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
   cuda::HostPagePool pool(page_bytes, size_t(4) << 20, *pinned);
   cuda::WaveLayerKv kv(cuda::WaveKvShape{batch, hq, hk, d, 4000}, params, buffer, pool, *device);
   EXPECT_EQ(kv.kv_dtype(), DType::kFP8E4M3);
-  cuda::WaveCacheView cache;
   Buffer cache_mem;
+  const cuda::WaveCacheView cache = make_cache(with_cache, buffer, *device, cache_mem);
   if (with_cache) {
     const cuda::WaveCacheLayout layout = cuda::plan_wave_cache(buffer, d);
-    cache_mem = device->allocate(layout.bytes, MemoryPurpose::kKvCache);
-    cache = cuda::init_wave_cache(layout, cache_mem.data(), nullptr);
     // A bf16 cache does not fit an fp8 store.
     cuda::WaveBufferParams bf16_buffer = buffer;
     bf16_buffer.kv_dtype = DType::kBF16;
