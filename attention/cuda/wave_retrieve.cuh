@@ -221,6 +221,24 @@ __device__ __forceinline__ int last_at_most(const int32_t* first, int n, int x) 
 }
 
 // 8 consecutive elements of a row as one lane loads them: 16 bytes of bf16 or 8 bytes of fp8-e4m3.
+// K and V addresses of row t of a retrieved part: contiguous rows at k, v (a cache slot, or host rows
+// within one page), or, when k is null, row row0 + t of the host store, its page looked up per row
+// (a part that straddles pages).
+__device__ __forceinline__ void part_row(const char* k, const char* v, int64_t row0, int t, int64_t page_rows,
+                                         const char* const* k_pages, const char* const* v_pages, int row_bytes,
+                                         const char*& ks, const char*& vs) {
+  if (k != nullptr) {
+    ks = k + int64_t(t) * row_bytes;
+    vs = v + int64_t(t) * row_bytes;
+    return;
+  }
+  const int64_t row = row0 + t;
+  const int64_t page = row / page_rows;
+  const int64_t at = (row - page * page_rows) * row_bytes;
+  ks = k_pages[page] + at;
+  vs = v_pages[page] + at;
+}
+
 template <bool kFp8>
 struct RowSlice {
   using Raw = Bf16x8;
@@ -368,16 +386,7 @@ __global__ void __launch_bounds__(kRetrieveWarps * 32, kGroup <= 4 ? 3 : 1)
           const int t = r0 + u * kCopyRowsPerStep + copy_row;
           if (t < r1) {
             const char *ks, *vs;
-            if (cp.k != nullptr) {
-              ks = cp.k + int64_t(t) * kRowBytes;
-              vs = cp.v + int64_t(t) * kRowBytes;
-            } else {
-              const int64_t row = cp.row0 + t;
-              const int64_t page = row / page_rows;
-              const int64_t at = (row - page * page_rows) * kRowBytes;
-              ks = k_pages[page] + at;
-              vs = v_pages[page] + at;
-            }
+            part_row(cp.k, cp.v, cp.row0, t, page_rows, k_pages, v_pages, kRowBytes, ks, vs);
             kr[u] = *reinterpret_cast<const uint4*>(ks + copy_col);
             vr[u] = *reinterpret_cast<const uint4*>(vs + copy_col);
           }
@@ -469,17 +478,7 @@ __global__ void __launch_bounds__(kRetrieveWarps * 32, kGroup <= 4 ? 3 : 1)
         const int t = b0 + u * kRowsPerStep + row_lane;
         if (t < cur.rows) {
           const char *ks, *vs;
-          if (cur.k != nullptr) {
-            ks = cur.k + int64_t(t) * kRowBytes;
-            vs = cur.v + int64_t(t) * kRowBytes;
-          } else {
-            // Host rows of a part that straddles pages: the page is looked up per row.
-            const int64_t row = cur.row0 + t;
-            const int64_t page = row / page_rows;
-            const int64_t at = (row - page * page_rows) * kRowBytes;
-            ks = k_pages[page] + at;
-            vs = v_pages[page] + at;
-          }
+          part_row(cur.k, cur.v, cur.row0, t, page_rows, k_pages, v_pages, kRowBytes, ks, vs);
           kr[u] = *reinterpret_cast<const Raw*>(ks + col * kSliceBytes);
           vr[u] = *reinterpret_cast<const Raw*>(vs + col * kSliceBytes);
         } else {
