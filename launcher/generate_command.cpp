@@ -55,6 +55,9 @@ struct GenerateOptions {
   std::string backend = "cpu";  // cpu | cuda
   int device = 0;               // --backend cuda
   bool eager = false;           // --backend cuda: no CUDA graph
+  // --backend cuda --attention wave: the offloaded K/V's format and the GPU cluster cache's share of it.
+  std::string host_kv = "bf16";
+  double cache_fraction = 0.05;  // WaveBufferParams::kv_fraction's default
   // --requests: continuous batching of a request file.
   std::string requests;
   int max_slots = runtime::EngineParams{}.max_slots;
@@ -91,7 +94,11 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   g.max_chunk = o.model.prefill_chunk;
   g.use_cuda_graph = !o.eager;
   g.attention = o.model.attention_mode();
-  if (g.attention == attention::AttentionMode::kWave) g.wave = o.model.wave_params();
+  if (g.attention == attention::AttentionMode::kWave) {
+    g.wave = o.model.wave_params();
+    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_fraction = o.cache_fraction;
+  }
   const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);
   parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
   if (world.world_size == 1) world.local_device = o.device;  // one process: --device
@@ -323,6 +330,14 @@ void register_generate_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device (--backend cuda)")->capture_default_str();
+  cmd->add_option("--host-kv", o->host_kv,
+                  "--backend cuda --attention wave: offloaded K/V format, bf16 or fp8 (e4m3 with per-cluster scales)")
+      ->check(CLI::IsMember({"bf16", "fp8"}))
+      ->capture_default_str();
+  cmd->add_option("--cache-fraction", o->cache_fraction,
+                  "--backend cuda --attention wave: GPU cluster cache as a fraction of the offloaded K/V")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   cmd->add_flag("--eager", o->eager, "--backend cuda: launch the decode step's kernels one by one instead of a CUDA graph");
   auto* rq = cmd->add_option("--requests", o->requests,
                              "Run every request of a JSONL file (one {\"prompt\": ...} object a line) with "
