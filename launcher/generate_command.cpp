@@ -269,7 +269,11 @@ void run_generate_requests_cuda(const GenerateOptions& o) {
   g.use_cuda_graph = !o.eager;
   g.max_batch = o.max_slots;
   g.attention = o.model.attention_mode();
-  if (g.attention == attention::AttentionMode::kWave) g.wave = o.model.wave_params();
+  if (g.attention == attention::AttentionMode::kWave) {
+    g.wave = o.model.wave_params();
+    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_fraction = o.cache_fraction;
+  }
   g.host_capacity_bytes = o.kv_memory_mib << 20;
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
   parallel::GpuModelShard shard(world, *host_group, config, *weights, o.max_tokens, g);
