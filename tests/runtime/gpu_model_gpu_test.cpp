@@ -27,6 +27,7 @@
 #include "runtime/open_model.h"
 #include "runtime/open_tokenizer.h"
 #include "runtime/safetensors.h"
+#include "runtime/model_presets.h"
 #include "runtime/sampler.h"
 #include "tests/gpu_test_support.h"
 
@@ -246,6 +247,42 @@ TEST_F(NeedleModelGpu, AModelThatCannotFitIsRefusedBeforeLoading) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kOutOfMemory);
     EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+  }
+}
+
+// The memory plan of a tensor-parallel shard (no device needed for dense attention): over the ranks
+// of a group the sharded weights add up to the whole model's once, the replicated ones (embedding and
+// norms) count on every rank, each rank's LM head holds its vocabulary rows, and the KV cache splits
+// by KV heads.
+TEST(GpuModelPlan, ShardsOfAGroupAddUpToTheWholeModel) {
+  const ModelConfig config = preset_config("llama3-8b");
+  const int64_t tokens = 8192;
+  cuda::GpuModelOptions options;
+  options.max_chunk = 512;
+  options.max_batch = 4;
+  const cuda::GpuModelMemoryPlan whole = cuda::plan_gpu_model_memory(config, tokens, options);
+  const size_t h = size_t(config.hidden_size);
+  const size_t replicated = size_t(config.vocab_size) * h * 2 + (2 * size_t(config.num_layers) + 1) * h * 2;
+  for (int tp : {2, 4, 8}) {
+    size_t weights = 0, kv = 0;
+    for (int r = 0; r < tp; ++r) {
+      ModelShard shard;
+      shard.tp = tp;
+      shard.rank = r;
+      const int64_t kv_per = config.num_kv_heads / tp, f_per = config.intermediate_size / tp;
+      shard.kv_heads = {r * kv_per, (r + 1) * kv_per};
+      shard.q_heads = {shard.kv_heads.begin * config.group_size(), shard.kv_heads.end * config.group_size()};
+      shard.intermediate = {r * f_per, (r + 1) * f_per};
+      shard.vocab_chunk = (config.vocab_size + tp - 1) / tp;
+      shard.vocab = shard.vocab_of(r, config.vocab_size);
+      shard.validate(config);
+      const cuda::GpuModelMemoryPlan p = cuda::plan_gpu_model_memory(config, tokens, options, shard);
+      weights += p.weights;
+      kv += p.kv_cache;
+      EXPECT_LT(p.total(), whole.total()) << "tp " << tp << " rank " << r;
+    }
+    EXPECT_EQ(weights, whole.weights + size_t(tp - 1) * replicated) << "tp " << tp;
+    EXPECT_EQ(kv, whole.kv_cache) << "tp " << tp;
   }
 }
 
