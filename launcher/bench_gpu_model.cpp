@@ -36,6 +36,7 @@
 #include "attention/wave_index.h"
 #include "launcher/bench_util.h"
 #include "launcher/commands.h"
+#include "launcher/model_options.h"
 #include "runtime/core/allocator.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
@@ -97,7 +98,7 @@ runtime::cuda::GpuModelOptions gpu_options(const GpuModelBenchOptions& o, int ma
     RETRO_CHECK(o.cache_fraction >= 0.0 && o.cache_gib >= 0.0 && o.host_gib >= 0.0,
                 "--cache-fraction, --cache-gib and --host-gib must be >= 0");
     g.buffer.kv_fraction = o.cache_fraction;
-    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
     g.buffer.cache_bytes = static_cast<size_t>(o.cache_gib * double(size_t(1) << 30));
     g.host_capacity_bytes = static_cast<size_t>(o.host_gib * double(size_t(1) << 30));
   }

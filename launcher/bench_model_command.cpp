@@ -184,7 +184,7 @@ void run_niah_gpu(const NiahOptions& o) {
       runtime::cuda::GpuModelOptions wave_options = dense_options;
       wave_options.attention = attention::AttentionMode::kWave;
       wave_options.wave = with_budget(o.model, b);
-      wave_options.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+      wave_options.buffer.kv_dtype = host_kv_dtype(o.host_kv);
       const double wave_acc = accuracy(run_niah_gpu_once(config, *weights, *tokenizer, samples, wave_options));
       fmt::print("| {} | {} | {:.1f}% | {} | {} | {:.1f}% ({} host KV) |\n", len, samples.size(), dense_acc,
                  b.retrieval, b.estimation, wave_acc, o.host_kv);

@@ -80,23 +80,17 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   runtime::ModelConfig config;
   std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model.model, &config);
   std::optional<runtime::Tokenizer> tokenizer = runtime::open_tokenizer(o.model.model);
-  std::vector<int32_t> ids;
-  if (tokenizer) {
-    ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
-  } else {
-    for (unsigned char c : prompt) ids.push_back(static_cast<int32_t>(c) % config.vocab_size);
-  }
+  const std::vector<int32_t> ids = encode_prompt(tokenizer, config.vocab_size, prompt);
   RETRO_CHECK(!ids.empty(), "empty prompt");
   RETRO_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got {}", o.max_new_tokens);
-  const std::vector<int32_t> stop_ids =
-      tokenizer && !tokenizer->eos_ids().empty() ? tokenizer->eos_ids() : config.eos_token_ids;
+  const std::vector<int32_t> stop_ids = stop_token_ids(tokenizer, config);
   runtime::cuda::GpuModelOptions g;
   g.max_chunk = o.model.prefill_chunk;
   g.use_cuda_graph = !o.eager;
   g.attention = o.model.attention_mode();
   if (g.attention == attention::AttentionMode::kWave) {
     g.wave = o.model.wave_params();
-    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
     g.buffer.kv_fraction = o.cache_fraction;
   }
   const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);
@@ -271,22 +265,16 @@ void run_generate_requests_cuda(const GenerateOptions& o) {
   g.attention = o.model.attention_mode();
   if (g.attention == attention::AttentionMode::kWave) {
     g.wave = o.model.wave_params();
-    g.buffer.kv_dtype = o.host_kv == "fp8" ? DType::kFP8E4M3 : DType::kBF16;
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
     g.buffer.kv_fraction = o.cache_fraction;
   }
   g.host_capacity_bytes = o.kv_memory_mib << 20;
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
   parallel::GpuModelShard shard(world, *host_group, config, *weights, o.max_tokens, g);
   runtime::cuda::GpuEngine engine(shard.model());
-  auto encode = [&](const std::string& text) {
-    if (tokenizer) return tokenizer->encode(text, /*add_special_tokens=*/true);
-    std::vector<int32_t> ids;
-    for (unsigned char c : text) ids.push_back(static_cast<int32_t>(c) % config.vocab_size);
-    return ids;
-  };
-  const std::vector<int32_t> stop_ids =
-      tokenizer && !tokenizer->eos_ids().empty() ? tokenizer->eos_ids() : config.eos_token_ids;
-  run_requests(engine, world, o, encode, stop_ids, tokenizer);
+  run_requests(
+      engine, world, o, [&](const std::string& text) { return encode_prompt(tokenizer, config.vocab_size, text); },
+      stop_token_ids(tokenizer, config), tokenizer);
 #else
   (void)o;
   RETRO_THROW_KIND(ErrorKind::kUnsupported, "generate --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");

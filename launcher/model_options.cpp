@@ -76,17 +76,31 @@ LoadedModel load_model(const ModelOptions& o) {
   return m;
 }
 
-std::vector<int32_t> LoadedModel::encode(std::string_view text) const {
+std::vector<int32_t> encode_prompt(const std::optional<runtime::Tokenizer>& tokenizer, int64_t vocab_size,
+                                   std::string_view text) {
   if (tokenizer) return tokenizer->encode(text, /*add_special_tokens=*/true);
   std::vector<int32_t> ids;
-  for (unsigned char c : text) ids.push_back(static_cast<int32_t>(c) % model->config().vocab_size);
+  for (unsigned char c : text) ids.push_back(static_cast<int32_t>(static_cast<int64_t>(c) % vocab_size));
   RETRO_CHECK(!ids.empty(), "empty prompt");
   return ids;
 }
 
-std::vector<int32_t> LoadedModel::stop_ids() const {
-  if (tokenizer && !tokenizer->eos_ids().empty()) return tokenizer->eos_ids();
-  return model->config().eos_token_ids;
+DType host_kv_dtype(const std::string& name) {
+  if (name == "bf16") return DType::kBF16;
+  if (name == "fp8") return DType::kFP8E4M3;
+  RETRO_THROW("--host-kv must be bf16 or fp8, got '{}'", name);
 }
+
+std::vector<int32_t> stop_token_ids(const std::optional<runtime::Tokenizer>& tokenizer,
+                                    const runtime::ModelConfig& config) {
+  if (tokenizer && !tokenizer->eos_ids().empty()) return tokenizer->eos_ids();
+  return config.eos_token_ids;
+}
+
+std::vector<int32_t> LoadedModel::encode(std::string_view text) const {
+  return encode_prompt(tokenizer, model->config().vocab_size, text);
+}
+
+std::vector<int32_t> LoadedModel::stop_ids() const { return stop_token_ids(tokenizer, model->config()); }
 
 }  // namespace retro::launcher

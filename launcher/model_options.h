@@ -14,6 +14,7 @@
 #include "parallel/communicator.h"
 #include "parallel/world_config.h"
 #include "runtime/core/allocator.h"
+#include "runtime/core/dtype.h"
 #include "runtime/model.h"
 #include "runtime/tokenizer.h"
 
@@ -56,5 +57,15 @@ struct LoadedModel {
 };
 
 LoadedModel load_model(const ModelOptions& o);
+
+// With a tokenizer: its encoding (special tokens added). Without: the bytes of the text as ids
+// (modulo the vocabulary); an empty text is then an error.
+std::vector<int32_t> encode_prompt(const std::optional<runtime::Tokenizer>& tokenizer, int64_t vocab_size,
+                                   std::string_view text);
+// The element type of wave's offloaded K/V from a --host-kv value: "bf16" or "fp8" (e4m3).
+DType host_kv_dtype(const std::string& name);
+// The tokenizer's end-of-sequence ids, or the config's when it has none.
+std::vector<int32_t> stop_token_ids(const std::optional<runtime::Tokenizer>& tokenizer,
+                                    const runtime::ModelConfig& config);
 
 }  // namespace retro::launcher

@@ -44,20 +44,20 @@ GpuModelShard::GpuModelShard(const WorldConfig& world, Communicator& host_group,
     model_ = std::make_unique<runtime::cuda::GpuModel>(config, sliced, world.local_device, max_tokens, options,
                                                        plan_.shard, collectives_.get());
   } catch (...) {
-    model_.reset();
-    collectives_.reset();
-    device_group_.reset();
-    cudaStreamDestroy(stream_);
+    release();
     throw;
   }
 }
 
-GpuModelShard::~GpuModelShard() {
+GpuModelShard::~GpuModelShard() { release(); }
+
+void GpuModelShard::release() noexcept {
   // The model's queued work uses the communicator and the stream.
   model_.reset();
   collectives_.reset();
   device_group_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  stream_ = nullptr;
 }
 
 }  // namespace retro::parallel

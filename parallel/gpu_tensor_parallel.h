@@ -53,6 +53,8 @@ class GpuModelShard {
   Communicator& device_group() { return *device_group_; }
 
  private:
+  void release() noexcept;  // in dependency order: model, collectives, communicator, stream
+
   ShardingPlan plan_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Communicator> device_group_;

@@ -1,9 +1,6 @@
 #include "parallel/numa_binding.h"
 
-#include <linux/mempolicy.h>
 #include <sched.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +22,14 @@ int parse_cpu(std::string_view text, std::string_view whole) {
   RETRO_CHECK_INPUT(ec == std::errc() && end == text.data() + text.size() && value >= 0,
                     "malformed cpulist '{}': '{}' is not a CPU number", whole, text);
   return value;
+}
+
+// Nothing changed, and why.
+NumaBinding unchanged(int node, const char* reason) {
+  NumaBinding b;
+  b.node = node;
+  b.reason = reason;
+  return b;
 }
 
 std::vector<int> current_affinity() {
@@ -86,9 +91,9 @@ NumaBinding plan_numa_binding(int gpu_node, int numa_nodes, const std::vector<in
 
 NumaBinding bind_to_gpu_numa_node(int device) {
   const char* env = std::getenv("RETRO_NUMA_BIND");
-  if (env != nullptr && std::string_view(env) == "0") return {.reason = "RETRO_NUMA_BIND=0"};
+  if (env != nullptr && std::string_view(env) == "0") return unchanged(-1, "RETRO_NUMA_BIND=0");
   const std::vector<GpuInfo> gpus = query_gpus();
-  if (device < 0 || device >= static_cast<int>(gpus.size())) return {.reason = "no such GPU"};
+  if (device < 0 || device >= static_cast<int>(gpus.size())) return unchanged(-1, "no such GPU");
   const HostInfo host = query_host();
   const int node = gpus[static_cast<size_t>(device)].numa_node;
   std::vector<int> node_cpus;
@@ -105,17 +110,9 @@ NumaBinding bind_to_gpu_numa_node(int device) {
   for (int c : b.cpus) CPU_SET(c, &set);
   if (sched_setaffinity(0, sizeof(set), &set) != 0) {
     RETRO_LOG_WARN("cuda:{}: could not bind to the CPUs of NUMA node {}: {}", device, node, std::strerror(errno));
-    return {.node = node, .reason = "sched_setaffinity failed"};
+    return unchanged(node, "sched_setaffinity failed");
   }
-  // Prefer the node's memory for every later allocation, pinned pages included (first touch).
-  unsigned long mask[16] = {};
-  const int max_node = static_cast<int>(sizeof(mask) * 8);
-  if (node < max_node) {
-    mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
-    if (syscall(SYS_set_mempolicy, MPOL_PREFERRED, mask, static_cast<unsigned long>(max_node)) != 0)
-      RETRO_LOG_WARN("cuda:{}: could not prefer the memory of NUMA node {}: {}", device, node, std::strerror(errno));
-  }
-  RETRO_LOG_INFO("cuda:{} on NUMA node {}: threads on {} of its CPUs, host memory from the node", device, node,
+  RETRO_LOG_INFO("cuda:{} on NUMA node {}: threads on {} of its CPUs (host memory follows: local allocation)", device, node,
                  b.cpus.size());
   return b;
 }

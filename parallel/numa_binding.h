@@ -20,7 +20,7 @@ std::vector<int> parse_cpulist(std::string_view text);
 struct NumaBinding {
   int node = -1;          // the GPU's NUMA node; -1 when the platform does not say
   std::vector<int> cpus;  // the CPUs this rank runs on after binding (empty: unchanged)
-  bool bind = false;      // whether to change the CPU affinity and the memory policy
+  bool bind = false;      // whether to change the CPU affinity
   std::string reason;     // why not, or what was done
 };
 
@@ -31,8 +31,10 @@ NumaBinding plan_numa_binding(int gpu_node, int numa_nodes, const std::vector<in
                               const std::vector<int>& allowed_cpus);
 
 // Plans for CUDA device `device` from the system's topology and this process's affinity, then
-// applies it (sched_setaffinity, and set_mempolicy(MPOL_PREFERRED) for the node's memory). Call it
-// before pinning host memory. Returns what it did; never throws for a machine without NUMA.
+// applies it (sched_setaffinity). Under the kernel's default local-allocation policy the pages a
+// thread touches come from its own node, so memory pinned after this call (the host store) is the
+// GPU node's. Call it before pinning host memory. Returns what it did; never throws for a machine
+// without NUMA.
 NumaBinding bind_to_gpu_numa_node(int device);
 
 }  // namespace retro::parallel

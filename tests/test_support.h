@@ -6,12 +6,22 @@
 #include <initializer_list>
 #include <string>
 
+#include "attention/wave_index.h"
 #include "runtime/core/error.h"
 
 namespace retro::test_support {
 
 // The trained test model, beside the repository (tests run from the repository root).
 inline constexpr const char* kNeedleModelDir = "../shared/models/needle-llama-tiny";
+
+// Wave budgets so small that retrieval, estimation and dropped clusters all take part within a few
+// hundred tokens: a floor of 4 retrieved clusters, 10% retrieved, 30% estimated.
+inline attention::WaveIndexParams small_wave_budgets(attention::WaveIndexParams p = {}) {
+  p.min_retrieve_clusters = 4;
+  p.retrieval_budget = 0.1;
+  p.estimation_budget = 0.3;
+  return p;
+}
 
 // Runs fn and expects a retro::Error of `kind` whose message contains every one of `parts`.
 template <typename Fn>

@@ -91,9 +91,7 @@ TEST_F(TensorParallelCoordinator, WaveMixOnTwoRanksMatchesEachRequestAlone) {
   params.max_slots = 2;
   params.prefill_chunk = 128;
   params.attention = attention::AttentionMode::kWave;
-  params.wave.min_retrieve_clusters = 4;
-  params.wave.retrieval_budget = 0.1;
-  params.wave.estimation_budget = 0.3;
+  params.wave = test_support::small_wave_budgets();
   expect_same_as_alone(params);
 }
 

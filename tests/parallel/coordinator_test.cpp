@@ -82,10 +82,7 @@ TEST_F(NeedleCoordinator, WaveMixMatchesEachRequestAlone) {
   params.max_slots = 2;
   params.prefill_chunk = 96;
   params.attention = attention::AttentionMode::kWave;
-  // Small budgets, so that retrieval, estimation and dropped clusters all take part.
-  params.wave.min_retrieve_clusters = 4;
-  params.wave.retrieval_budget = 0.1;
-  params.wave.estimation_budget = 0.3;
+  params.wave = test_support::small_wave_budgets();
   SchedulerStats stats;
   expect_same_as_alone(params, {.max_running = 0, .max_batched_tokens = 200}, &stats);
   EXPECT_GT(stats.waited, 0);

@@ -28,6 +28,8 @@
 #include "runtime/safetensors.h"
 #include "runtime/sampler.h"
 #include "runtime/synthetic_weights.h"
+#include "tests/gpu_model_test_support.h"
+#include "tests/parallel/nccl_ranks.h"
 
 namespace retro::parallel {
 namespace {
@@ -42,16 +44,8 @@ const std::filesystem::path kModelDir = test_support::kNeedleModelDir;
 // more, which moved single steps by up to 0.19 on two H100s (mean 0.029-0.036 per step).
 constexpr float kStepTolerance = 0.3f, kMeanTolerance = 0.05f;
 
-class NcclModel : public testing::Test {
+class NcclModel : public test::NcclRanks {
  protected:
-  void SetUp() override {
-    if (mpi_world().size < 2) GTEST_SKIP() << "needs mpirun -np 2 (or more)";
-    world_ = make_world_config(mpi_world(), /*requested_tp=*/0);
-    // Every rank of a node sees the same devices, so all ranks skip alike.
-    if (visible_device_count() < world_.local_size) GTEST_SKIP() << "needs one GPU per rank";
-    host_group_ = make_tp_host_communicator(world_);
-  }
-
   // Every rank holds the same bytes (the gathered logits are the same everywhere).
   void expect_same_on_every_rank(const std::vector<float>& logits) {
     const int64_t n = static_cast<int64_t>(logits.size());
@@ -102,23 +96,7 @@ class NcclModel : public testing::Test {
                 << std::endl;
   }
 
-  WorldConfig world_;
-  std::unique_ptr<Communicator> host_group_;
 };
-
-// Wave attention with small segments so a 1-3K prompt is clustered and decode crosses update
-// segments; every cluster retrieved, so it is exact attention.
-GpuModelOptions full_retrieval_wave(int max_batch) {
-  GpuModelOptions o;
-  o.max_chunk = 512;
-  o.max_batch = max_batch;
-  o.attention = attention::AttentionMode::kWave;
-  o.wave.segment_tokens = 1024;
-  o.wave.update_segment_tokens = 128;
-  o.wave.retrieval_budget = 1.0;
-  o.wave.estimation_budget = 0.0;
-  return o;
-}
 
 TEST_F(NcclModel, NeedleModelShardsMatchTheWholeModelWithDenseAndWaveAttention) {
   if (!std::filesystem::exists(kModelDir / "config.json")) GTEST_SKIP() << "test model not found at " << kModelDir;
@@ -144,7 +122,7 @@ TEST_F(NcclModel, NeedleModelShardsMatchTheWholeModelWithDenseAndWaveAttention) 
     EXPECT_LT(shard.model().memory_plan().weights, whole.memory_plan().weights);
     expect_same_generation(whole, shard.model(), prompts, /*steps=*/24, "dense");
   }
-  const GpuModelOptions wave = full_retrieval_wave(2);
+  const GpuModelOptions wave = test_support::full_retrieval_wave(2, /*use_cuda_graph=*/true);
   GpuModel whole(config, *weights, world_.local_device, kMaxTokens, wave);
   GpuModelShard shard(world_, *host_group_, config, *weights, kMaxTokens, wave);
   // 160 steps cross an update segment of each slot: the shard clusters its own heads' rows.

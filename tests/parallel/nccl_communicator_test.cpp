@@ -14,20 +14,18 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/world_config.h"
 #include "runtime/core/allocator.h"
+#include "tests/parallel/nccl_ranks.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/dtype.h"
 
 namespace retro::parallel {
 namespace {
 
-class NcclGroup : public testing::Test {
+class NcclGroup : public test::NcclRanks {
  protected:
   void SetUp() override {
-    if (mpi_world().size < 2) GTEST_SKIP() << "needs mpirun -np 2 (or more)";
-    world_ = make_world_config(mpi_world(), /*requested_tp=*/0);
-    // Every rank of a node sees the same devices, so all ranks skip alike.
-    if (visible_device_count() < world_.local_size) GTEST_SKIP() << "needs one GPU per rank";
-    host_group_ = make_tp_host_communicator(world_);
+    NcclRanks::SetUp();
+    if (IsSkipped()) return;
     RETRO_CUDA_CHECK(cudaSetDevice(world_.local_device));
     RETRO_CUDA_CHECK(cudaStreamCreate(&stream_));
     comm_ = make_tp_device_communicator(world_, *host_group_, stream_);
@@ -52,8 +50,6 @@ class NcclGroup : public testing::Test {
     return out;
   }
 
-  WorldConfig world_;
-  std::unique_ptr<Communicator> host_group_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<Allocator> device_;

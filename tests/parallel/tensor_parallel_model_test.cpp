@@ -143,11 +143,8 @@ TEST_F(TensorParallelModel, NeedleModelOnTwoRanksMatchesTheWholeModelWithDenseAn
   ASSERT_EQ(prompt.size(), 512u);
   expect_same_generation(p, AttentionMode::kDense, {}, prompt, /*steps=*/8, /*prefill_chunk=*/200);
   // Small budgets, so that retrieval, estimation and dropped clusters all take part at 512 tokens.
-  attention::WaveIndexParams wave;
-  wave.min_retrieve_clusters = 4;
-  wave.retrieval_budget = 0.1;
-  wave.estimation_budget = 0.3;
-  expect_same_generation(p, AttentionMode::kWave, wave, prompt, /*steps=*/8, /*prefill_chunk=*/512);
+  expect_same_generation(p, AttentionMode::kWave, test_support::small_wave_budgets(), prompt, /*steps=*/8,
+                         /*prefill_chunk=*/512);
 }
 
 // score() gathers the logits of every position of a chunk ([n, vocab] from [n, vocab / 2] blocks).
@@ -210,14 +207,11 @@ TEST_F(TensorParallelModel, SeventyBHeadsOverEveryRankMatchTheWholeModel) {
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 53 + 7) % 1001);
   expect_same_generation(p, AttentionMode::kDense, {}, prompt, /*steps=*/4, /*prefill_chunk=*/64);
   // Small clusters and window, so that 160 tokens make clusters to retrieve, estimate and drop.
-  attention::WaveIndexParams wave;
+  attention::WaveIndexParams wave = test_support::small_wave_budgets();
   wave.window_tokens = 16;
   wave.tokens_per_cluster = 8;
   wave.segment_tokens = 64;
   wave.update_segment_tokens = 64;
-  wave.min_retrieve_clusters = 4;
-  wave.retrieval_budget = 0.1;
-  wave.estimation_budget = 0.3;
   expect_same_generation(p, AttentionMode::kWave, wave, prompt, /*steps=*/4, /*prefill_chunk=*/160);
 }
 

@@ -29,6 +29,7 @@
 #include "runtime/safetensors.h"
 #include "runtime/model_presets.h"
 #include "runtime/sampler.h"
+#include "tests/gpu_model_test_support.h"
 #include "tests/gpu_test_support.h"
 
 #ifdef RETRO_WITH_CUDA
@@ -293,26 +294,7 @@ TEST_F(NeedleModelGpu, KvCacheOverflowIsAClearError) {
   EXPECT_THROW(model_->prefill(ids, logits.data()), Error);
 }
 
-// Wave attention with small segments so a 2-3K prompt is clustered and decode crosses update
-// segments; every cluster retrieved, so wave attention computes exact attention.
-cuda::GpuModelOptions full_retrieval_wave(int max_batch, bool use_cuda_graph) {
-  cuda::GpuModelOptions o;
-  o.max_chunk = 512;
-  o.max_batch = max_batch;
-  o.use_cuda_graph = use_cuda_graph;
-  o.attention = attention::AttentionMode::kWave;
-  o.wave.segment_tokens = 1024;
-  o.wave.update_segment_tokens = 128;
-  o.wave.retrieval_budget = 1.0;
-  o.wave.estimation_budget = 0.0;
-  // A cache that holds every part of every layer (about 3K parts of 16 rows a step): steps after a
-  // part's first read hit it, and a refilled slot's old parts are still there when its new
-  // sequence starts, so a stale part would be found if uids were reused.
-  o.buffer.num_slots = 8192;
-  o.buffer.ways = 8;
-  o.buffer.slot_tokens = 16;
-  return o;
-}
+using test_support::full_retrieval_wave;
 
 float max_abs_diff(const float* a, const float* b, size_t n) {
   float m = 0.0f;
