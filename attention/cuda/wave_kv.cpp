@@ -276,15 +276,17 @@ void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   // The oldest `update` recent tokens become one index segment, then the window moves down.
   add_segment(slot, ks + sink * row * 2, vs + sink * row * 2, update, row, stream);
   const int64_t keep = s.steady - sink - update;
-  RETRO_CHECK(keep >= 0 && keep <= update, "wave KV: internal: {} rows left after an update segment", keep);
-  if (keep > 0) {
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(ks + sink * row * 2, ks + (sink + update) * row * 2, size_t(keep) * row * 2,
-                                     cudaMemcpyDeviceToDevice, stream));
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(vs + sink * row * 2, vs + (sink + update) * row * 2, size_t(keep) * row * 2,
-                                     cudaMemcpyDeviceToDevice, stream));
+  RETRO_CHECK(keep >= 0 && keep <= window + wave_growth_stagger(params_, layer_), "wave KV: internal: {} rows left "
+              "after an update segment", keep);
+  // The kept rows move down by `update` rows; in pieces of at most `update` rows no copy's source
+  // overlaps its destination (the window may be longer than an update segment).
+  for (int64_t done = 0; done < keep; done += update) {
+    const size_t bytes = size_t(std::min(update, keep - done)) * row * 2;
+    for (char* base : {ks, vs})
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(base + (sink + done) * row * 2, base + (sink + update + done) * row * 2, bytes,
+                                       cudaMemcpyDeviceToDevice, stream));
   }
   s.steady = sink + keep;
-  (void)window;
   set_slot_counts(slot, stream);
 }
 

@@ -69,13 +69,16 @@ void GpuEngine::step(std::span<const WorkItem> items, float* logits) {
   validate_step(info_, items, lengths, prompt_done_);
   RETRO_CHECK(logits != nullptr || logits_rows(items) == 0, "a step of {} logits rows needs a logits buffer",
               logits_rows(items));
-  // The batched decode runs every decode item at once, after the prefills: each slot may take part
-  // in one item of a step.
-  std::vector<bool> seen(size_t(info_.max_slots), false);
+  // The batched decode runs every decode item at once, after the prefills: a slot may take part in
+  // one decode item of a step, and a slot that decodes takes no prefill chunk in the same step.
+  // Several prefill chunks of one slot run in item order.
+  std::vector<int> decodes_of(size_t(info_.max_slots), 0), prefills_of(size_t(info_.max_slots), 0);
   for (size_t i = 0; i < items.size(); ++i) {
-    RETRO_CHECK(!seen[size_t(items[i].slot)], "step item {}: slot {} already has an item in this step (a GPU step "
-                "runs its decodes together)", i, items[i].slot);
-    seen[size_t(items[i].slot)] = true;
+    const size_t s = size_t(items[i].slot);
+    (items[i].kind == WorkKind::kDecode ? decodes_of : prefills_of)[s]++;
+    RETRO_CHECK(decodes_of[s] <= 1 && (decodes_of[s] == 0 || prefills_of[s] == 0),
+                "step item {}: slot {} already has an item in this step, and a GPU step runs its decodes together "
+                "after the prefills", i, items[i].slot);
   }
   const size_t vocab = size_t(info_.vocab_size);
   // Logits row of each item that wants one, in item order.
