@@ -11,6 +11,9 @@
 // so its RoPE position is theirs) and, per slot, a query of the slot's own AR(1) stream, the same in
 // every layer. `random` keeps the model's own attention inputs (random prompt tokens).
 //
+// Decode steps pick their greedy tokens on the GPU (GpuModel::decode_sample), so only tokens come
+// back; --host-logits copies every step's [batch, vocab] logits to the host and picks there instead.
+//
 // Tensor parallelism: `mpirun -np N retroinfer bench model --tp N` shards the model over N GPUs
 // (parallel/gpu_tensor_parallel.h); each rank generates the synthetic inputs of its own heads, world
 // rank 0 prints, and each row adds the time of one all-reduce of the step's hidden rows (measured
@@ -77,6 +80,7 @@ struct GpuModelBenchOptions {
   std::string workload = "synthetic";
   uint64_t seed = 1;
   int tp = 0;  // tensor-parallel ranks; 0: every process of the mpirun launch
+  bool host_logits = false;  // decode: logits to the host and argmax there, instead of sampling on the GPU
 };
 
 #ifdef RETRO_WITH_CUDA
@@ -357,14 +361,23 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       // Cache counters are read before and after the timed steps, never inside one; synthetic inputs
       // are uploaded between steps, untimed.
       const attention::cuda::WaveCacheCounters before = wave ? model.wave_cache_counters() : attention::cuda::WaveCacheCounters{};
-      double decode_ms = 0;
+      double decode_ms = 0, slowest_ms = 0;
+      // Greedy tokens picked on the GPU: only the tokens come back to the host (GpuModel::decode_sample).
+      const std::vector<runtime::SamplingParams> greedy(static_cast<size_t>(bs));
+      const std::vector<double> uniforms(static_cast<size_t>(bs), 0.0);
       for (int i = 0; i < o.decode_tokens; ++i) {
         if (synthetic) inputs->upload_step(i);
         auto b = Clock::now();
-        model.decode(next, logits.data());
-        for (int s = 0; s < bs; ++s)
-          next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
-        decode_ms += std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+        if (o.host_logits) {
+          model.decode(next, logits.data());
+          for (int s = 0; s < bs; ++s)
+            next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
+        } else {
+          model.decode_sample(next, greedy, uniforms, next);
+        }
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+        decode_ms += ms;
+        slowest_ms = std::max(slowest_ms, ms);
         parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
       }
       const double step_ms = decode_ms / o.decode_tokens;
@@ -375,8 +388,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"batch", bs},                 {"prefill_s", prefill_s},
                                  {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
-                                 {"workload", o.workload}};
+                                 {"workload", o.workload}, {"host_logits", o.host_logits}};
       row["tp"] = world.tp;
+      row["decode_ms_slowest_step"] = slowest_ms;
       if (synthetic) row["seed"] = o.seed;
       if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
@@ -408,6 +422,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         row["clusters_per_group"] = double(st.clusters) / groups;
         row["host_kv_bytes"] = model.host_kv_bytes();
       }
+      say(leader, "(slowest decode step: {:.2f} ms)\n", slowest_ms);
       if (world.tp > 1) {
         // Each layer all-reduces the step's hidden rows twice (after O and after down).
         const double us = all_reduce_us(shard, *input_memory, bs);
@@ -461,6 +476,8 @@ void register_gpu_model_bench(CLI::App& bench) {
                   "in place of the model's own) or random (the model's own on random tokens)")
       ->check(CLI::IsMember({"synthetic", "random"}))
       ->capture_default_str();
+  cmd->add_flag("--host-logits", o->host_logits,
+                "Decode: copy each step's logits to the host and pick the tokens there (default: on the GPU)");
   cmd->add_option("--tp", o->tp,
                   "Tensor-parallel GPUs per model, one mpirun rank each (default: every process of the mpirun "
                   "launch, 1 without mpirun)")

@@ -10,8 +10,10 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -32,6 +34,7 @@
 #ifdef RETRO_WITH_CUDA
 #include "parallel/gpu_tensor_parallel.h"
 #include "parallel/watchdog.h"
+#include "runtime/cuda/gpu_engine.h"
 #include "runtime/cuda/gpu_model.h"
 #endif
 
@@ -60,6 +63,7 @@ struct GenerateOptions {
   int max_slots = runtime::EngineParams{}.max_slots;
   int64_t max_batched_tokens = parallel::SchedulerParams{}.max_batched_tokens;
   size_t kv_memory_mib = 0;  // the KV pool of each rank; 0: unbounded
+  int64_t max_tokens = 4096;  // --backend cuda: tokens one sequence may hold (sizes each slot)
 };
 
 std::string read_file(const std::string& path) {
@@ -108,8 +112,10 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   const auto t1 = Clock::now();
   std::string finish_reason = "length";
   size_t generated = 0;
+  // The first token comes from the prompt's logits (on the host); every later one is sampled on the
+  // GPU inside the decode step, from the same uniform stream the host sampler would draw.
+  int32_t token = o.max_new_tokens > 0 ? sampler.sample(logits) : -1;
   for (int i = 0; i < o.max_new_tokens; ++i) {
-    const int32_t token = sampler.sample(logits);
     ++generated;
     std::string piece = stream ? stream->push(token) : fmt::format("[{}]", token);
     if (leader) {
@@ -120,7 +126,13 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
       finish_reason = "stop";
       break;
     }
-    if (i + 1 < o.max_new_tokens) model.decode(token, logits.data());
+    if (i + 1 < o.max_new_tokens) {
+      const double u = sampler.params().greedy() ? 0.0 : sampler.next_uniform();
+      int32_t next = -1;
+      model.decode_sample(std::span<const int32_t>(&token, 1), std::span<const runtime::SamplingParams>(&sampler.params(), 1),
+                          std::span<const double>(&u, 1), std::span<int32_t>(&next, 1));
+      token = next;
+    }
     parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
   }
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
@@ -186,22 +198,14 @@ void run_generate(const GenerateOptions& o) {
 
 // Every request of the file through one coordinator: rank 0 of the group schedules, samples and
 // prints; the other ranks run the plans it broadcasts.
-void run_generate_requests(const GenerateOptions& o) {
-  RETRO_CHECK_KIND(o.backend == "cpu", ErrorKind::kUnsupported, "generate --requests runs on the CPU backend");
-  LoadedModel m = load_model(o.model);
-  RETRO_CHECK(m.world.dp == 1,
-              "generate --requests serves one model replica: --tp must span all {} processes, got tp {}",
-              m.world.world_size, m.world.tp);
-  runtime::EngineParams ep;
-  ep.max_slots = o.max_slots;
-  ep.prefill_chunk = o.model.prefill_chunk;
-  ep.kv_capacity_bytes = o.kv_memory_mib << 20;
-  ep.attention = o.model.attention_mode();
-  ep.wave = o.model.wave_params();
-  runtime::CpuEngine engine(*m.model, ep);
-  // The plans travel on a communicator of their own, apart from the model's collectives.
-  std::unique_ptr<parallel::Communicator> control = parallel::make_tp_host_communicator(m.world);
-  if (!m.leader()) {
+// The request file through the coordinator over `engine`: world rank 0 plans and prints, every
+// other rank of the group runs the plans (the plans travel on a communicator of their own, apart
+// from the model's collectives).
+void run_requests(runtime::Engine& engine, const parallel::WorldConfig& world, const GenerateOptions& o,
+                  const std::function<std::vector<int32_t>(const std::string&)>& encode,
+                  const std::vector<int32_t>& stop_ids, const std::optional<runtime::Tokenizer>& tokenizer) {
+  std::unique_ptr<parallel::Communicator> control = parallel::make_tp_host_communicator(world);
+  if (!world.is_world_leader()) {
     parallel::run_worker(engine, *control);
     return;
   }
@@ -216,10 +220,10 @@ void run_generate_requests(const GenerateOptions& o) {
   std::vector<parallel::Request> requests;
   for (const RequestLine& line : lines) {
     parallel::Request r;
-    r.prompt = m.encode(line.prompt);
+    r.prompt = encode(line.prompt);
     r.max_new_tokens = line.max_new_tokens;
     r.sampling = line.sampling;
-    r.stop_ids = m.stop_ids();
+    r.stop_ids = stop_ids;
     const std::string why = coordinator.refusal(r);
     RETRO_CHECK_INPUT(why.empty(), "{} line {}: {}", o.requests, line.line, why);
     requests.push_back(std::move(r));
@@ -228,8 +232,8 @@ void run_generate_requests(const GenerateOptions& o) {
   coordinator.run([&](const parallel::RequestResult& r) {
     const RequestLine& line = lines[r.id];
     std::string text;
-    if (m.tokenizer) {
-      text = m.tokenizer->decode(r.tokens, /*skip_special_tokens=*/true);
+    if (tokenizer) {
+      text = tokenizer->decode(r.tokens, /*skip_special_tokens=*/true);
     } else {
       for (int32_t t : r.tokens) text += fmt::format("[{}]", t);
     }
@@ -241,6 +245,59 @@ void run_generate_requests(const GenerateOptions& o) {
     std::fflush(stdout);
   });
   coordinator.shutdown();
+}
+
+// --backend cuda: the GPU model (one rank's shard under mpirun --tp) behind GpuEngine, whose slots
+// hold sequences of up to --max-tokens tokens.
+void run_generate_requests_cuda(const GenerateOptions& o) {
+#ifdef RETRO_WITH_CUDA
+  runtime::ModelConfig config;
+  std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model.model, &config);
+  const std::optional<runtime::Tokenizer> tokenizer = runtime::open_tokenizer(o.model.model);
+  parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
+  RETRO_CHECK(world.dp == 1, "generate --requests serves one model replica: --tp must span all {} processes, got tp {}",
+              world.world_size, world.tp);
+  if (world.world_size == 1) world.local_device = o.device;
+  runtime::cuda::GpuModelOptions g;
+  g.max_chunk = o.model.prefill_chunk;
+  g.use_cuda_graph = !o.eager;
+  g.max_batch = o.max_slots;
+  g.attention = o.model.attention_mode();
+  if (g.attention == attention::AttentionMode::kWave) {
+    g.wave = o.model.wave_params();
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
+    g.buffer.kv_fraction = o.cache_fraction;
+  }
+  g.host_capacity_bytes = o.kv_memory_mib << 20;
+  std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
+  parallel::GpuModelShard shard(world, *host_group, config, *weights, o.max_tokens, g);
+  runtime::cuda::GpuEngine engine(shard.model());
+  run_requests(
+      engine, world, o, [&](const std::string& text) { return encode_prompt(tokenizer, config.vocab_size, text); },
+      stop_token_ids(tokenizer, config), tokenizer);
+#else
+  (void)o;
+  RETRO_THROW_KIND(ErrorKind::kUnsupported, "generate --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");
+#endif
+}
+
+void run_generate_requests(const GenerateOptions& o) {
+  if (o.backend == "cuda") {
+    run_generate_requests_cuda(o);
+    return;
+  }
+  LoadedModel m = load_model(o.model);
+  RETRO_CHECK(m.world.dp == 1,
+              "generate --requests serves one model replica: --tp must span all {} processes, got tp {}",
+              m.world.world_size, m.world.tp);
+  runtime::EngineParams ep;
+  ep.max_slots = o.max_slots;
+  ep.prefill_chunk = o.model.prefill_chunk;
+  ep.kv_capacity_bytes = o.kv_memory_mib << 20;
+  ep.attention = o.model.attention_mode();
+  ep.wave = o.model.wave_params();
+  runtime::CpuEngine engine(*m.model, ep);
+  run_requests(engine, m.world, o, [&](const std::string& text) { return m.encode(text); }, m.stop_ids(), m.tokenizer);
 }
 
 }  // namespace
@@ -287,6 +344,9 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--max-batched-tokens", o->max_batched_tokens,
                   "--requests: tokens per step (decode tokens + prompt chunks)")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", o->max_tokens,
+                  "--requests --backend cuda: tokens one sequence may hold (prompt and generated; sizes each slot)")
       ->capture_default_str();
   cmd->add_option("--kv-memory-mib", o->kv_memory_mib,
                   "--requests: KV memory of each rank in MiB; requests wait for room or are refused (0: unbounded)")

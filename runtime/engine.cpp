@@ -81,4 +81,26 @@ void validate_step(const EngineInfo& info, std::span<const WorkItem> items, cons
   }
 }
 
+std::vector<std::pair<int, int>> pack_decoding_slots(std::span<const int> engine_slot_of_model_slot,
+                                                     const std::vector<bool>& decoding) {
+  const int slots = static_cast<int>(engine_slot_of_model_slot.size());
+  auto decodes_at = [&](int m) {
+    const int e = engine_slot_of_model_slot[static_cast<size_t>(m)];
+    return e >= 0 && static_cast<size_t>(e) < decoding.size() && decoding[static_cast<size_t>(e)];
+  };
+  int n = 0, held = 0;
+  for (bool d : decoding) n += d ? 1 : 0;
+  for (int m = 0; m < slots; ++m) held += decodes_at(m) ? 1 : 0;
+  RETRO_CHECK(held == n, "{} slots decode, but only {} of them hold a sequence", n, held);
+  std::vector<std::pair<int, int>> swaps;
+  int from = n;
+  for (int m = 0; m < n; ++m) {
+    if (decodes_at(m)) continue;
+    while (!decodes_at(from)) ++from;  // as many decoding slots lie at n and above as holes below n
+    swaps.emplace_back(from, m);
+    ++from;
+  }
+  return swaps;
+}
+
 }  // namespace retro::runtime

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace retro::runtime {
@@ -91,5 +92,14 @@ class Engine {
 // (kInvalidArgument) naming the first item that does not fit.
 void validate_step(const EngineInfo& info, std::span<const WorkItem> items, const std::vector<int64_t>& lengths,
                    const std::vector<bool>& prompt_done);
+
+// Packing for a model whose batched decode runs slots [0, n): given which engine slot each model
+// slot holds (-1: none) and which engine slots decode this step (n of them), the swaps of model
+// slots, in order, after which model slots [0, n) hold exactly the decoding ones. Each swap moves a
+// decoding sequence from n or above into a slot below n that holds another sequence or none; none
+// when the decoding ones are already there. Throws retro::Error (kInvalidArgument) when a decoding
+// engine slot is held by no model slot.
+std::vector<std::pair<int, int>> pack_decoding_slots(std::span<const int> engine_slot_of_model_slot,
+                                                     const std::vector<bool>& decoding);
 
 }  // namespace retro::runtime

@@ -135,6 +135,26 @@ void HostKvStore::release(int group, cudaStream_t stream) {
   vp.clear();
 }
 
+void HostKvStore::swap_groups(int a, int b, cudaStream_t stream) {
+  RETRO_CHECK(a >= 0 && a < num_groups_ && b >= 0 && b < num_groups_, "host KV store: groups {} and {} of {}", a, b,
+              num_groups_);
+  if (a == b) return;
+  std::swap(k_pages_[size_t(a)], k_pages_[size_t(b)]);
+  std::swap(v_pages_[size_t(a)], v_pages_[size_t(b)]);
+  // Each group's table row: its pages now, then nulls over what the other group held.
+  for (int g : {a, b}) {
+    const int other = g == a ? b : a;
+    const size_t pages = k_pages_[size_t(g)].size(), stale = k_pages_[size_t(other)].size();
+    std::vector<void*> k_row = k_pages_[size_t(g)], v_row = v_pages_[size_t(g)];
+    k_row.resize(std::max(pages, stale), nullptr);
+    v_row.resize(std::max(pages, stale), nullptr);
+    if (k_row.empty()) continue;
+    const int64_t first = int64_t(g) * max_pages_;
+    RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(k_table_.data()), first, k_row.data(), int(k_row.size()), stream));
+    RETRO_CUDA_CHECK(write_page_table(static_cast<void**>(v_table_.data()), first, v_row.data(), int(v_row.size()), stream));
+  }
+}
+
 HostStoreView HostKvStore::view() const {
   HostStoreView v;
   v.k_pages = static_cast<const void* const*>(k_table_.data());

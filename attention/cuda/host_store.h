@@ -80,6 +80,8 @@ class HostKvStore {
   // Returns every page of group g to the pool. The caller guarantees no queued kernel still reads
   // them (it synchronises the stream first).
   void release(int group, cudaStream_t stream);
+  // Exchanges the pages (and page-table rows) of groups a and b: a sequence moving between slots.
+  void swap_groups(int a, int b, cudaStream_t stream);
 
   HostStoreView view() const;
   int64_t capacity_rows(int group) const;

@@ -7,6 +7,7 @@
 #include "attention/cuda/wave_kv_ops.h"
 #include "attention/kmeans.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/cuda/swap.h"
 #include "runtime/core/error.h"
 
 namespace retro::attention::cuda {
@@ -22,8 +23,12 @@ T* ptr(const Buffer& b) {
 
 }  // namespace
 
+int64_t wave_growth_stagger(const WaveIndexParams& params, int layer) {
+  return std::max<int64_t>(0, std::min<int64_t>(layer, int64_t(params.update_segment_tokens) - params.window_tokens));
+}
+
 WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexParams& params,
-                                    const WaveBufferParams& buffer, size_t page_bytes) {
+                                    const WaveBufferParams& buffer, size_t page_bytes, int num_layers) {
   params.validate();
   RETRO_CHECK(shape.max_batch > 0 && shape.num_q_heads > 0 && shape.num_kv_heads > 0 && shape.max_tokens > 0,
               "wave KV: max_batch {}, {} q heads, {} kv heads, max_tokens {}", shape.max_batch, shape.num_q_heads,
@@ -40,7 +45,9 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
   const int d = shape.head_dim, hk = shape.num_kv_heads, group = shape.num_q_heads / hk;
   const size_t batch = size_t(shape.max_batch), groups = batch * size_t(hk);
   WaveLayerKvSizes z;
-  z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens;
+  RETRO_CHECK(num_layers > 0, "wave KV: {} layers", num_layers);
+  z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens +
+                      wave_growth_stagger(params, num_layers - 1);
   // Every prefill segment adds at most one cluster over tokens / tokens_per_cluster, and every update
   // segment exactly update_clusters().
   const int64_t min_segment = std::min<int64_t>(params.segment_tokens, params.update_segment_tokens);
@@ -104,11 +111,13 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
     : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
       num_layers_(num_layers) {
   RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
-  layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes());
+  layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes(), num_layers);
   const WaveLayerKvSizes& z = layout_;
   group_size_ = shape.num_q_heads / shape.num_kv_heads;
   const int d = shape.head_dim, hk = shape.num_kv_heads, groups = shape.max_batch * hk;
   steady_capacity_ = z.steady_capacity;
+  growth_at_ = int64_t(params_.sink_tokens) + params_.window_tokens + params_.update_segment_tokens +
+               wave_growth_stagger(params_, layer);
   cluster_capacity_ = z.cluster_capacity;
   slots_.resize(size_t(shape.max_batch));
 
@@ -252,12 +261,12 @@ void WaveLayerKv::build(int slot, const void* k, const void* v, int64_t n, int64
 
 bool WaveLayerKv::growth_due(int slot) const {
   RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
-  return slots_[size_t(slot)].steady >= steady_capacity_;
+  return slots_[size_t(slot)].steady >= growth_at_;
 }
 
 void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
-              slots_[size_t(slot)].steady, steady_capacity_);
+              slots_[size_t(slot)].steady, growth_at_);
   Slot& s = slots_[size_t(slot)];
   const int hk = shape_.num_kv_heads, d = shape_.head_dim;
   const int64_t row = int64_t(hk) * d;
@@ -267,15 +276,17 @@ void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   // The oldest `update` recent tokens become one index segment, then the window moves down.
   add_segment(slot, ks + sink * row * 2, vs + sink * row * 2, update, row, stream);
   const int64_t keep = s.steady - sink - update;
-  RETRO_CHECK(keep >= 0 && keep <= update, "wave KV: internal: {} rows left after an update segment", keep);
-  if (keep > 0) {
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(ks + sink * row * 2, ks + (sink + update) * row * 2, size_t(keep) * row * 2,
-                                     cudaMemcpyDeviceToDevice, stream));
-    RETRO_CUDA_CHECK(cudaMemcpyAsync(vs + sink * row * 2, vs + (sink + update) * row * 2, size_t(keep) * row * 2,
-                                     cudaMemcpyDeviceToDevice, stream));
+  RETRO_CHECK(keep >= 0 && keep <= window + wave_growth_stagger(params_, layer_), "wave KV: internal: {} rows left "
+              "after an update segment", keep);
+  // The kept rows move down by `update` rows; in pieces of at most `update` rows no copy's source
+  // overlaps its destination (the window may be longer than an update segment).
+  for (int64_t done = 0; done < keep; done += update) {
+    const size_t bytes = size_t(std::min(update, keep - done)) * row * 2;
+    for (char* base : {ks, vs})
+      RETRO_CUDA_CHECK(cudaMemcpyAsync(base + (sink + done) * row * 2, base + (sink + update + done) * row * 2, bytes,
+                                       cudaMemcpyDeviceToDevice, stream));
   }
   s.steady = sink + keep;
-  (void)window;
   set_slot_counts(slot, stream);
 }
 
@@ -379,6 +390,40 @@ void WaveLayerKv::release(int slot, cudaStream_t stream) {
   Slot& s = slots_[size_t(slot)];
   s.clustered = s.clusters = s.steady = 0;
   set_slot_counts(slot, stream);
+}
+
+void WaveLayerKv::swap_slots(int a, int b, cudaStream_t stream) {
+  RETRO_CHECK(a >= 0 && a < shape_.max_batch && b >= 0 && b < shape_.max_batch, "wave KV: slots {} and {} of {}", a, b,
+              shape_.max_batch);
+  if (a == b) return;
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
+  // Bytes of one slot's part of a [slots, ...] array with `per_slot` elements of `elem` bytes.
+  auto swap = [&](const Buffer& buffer, size_t per_slot, size_t elem) {
+    if (buffer.size() == 0 || per_slot == 0) return;
+    char* base = static_cast<char*>(buffer.data());
+    const size_t bytes = per_slot * elem;
+    RETRO_CUDA_CHECK(retro::cuda::swap_device_bytes(base + size_t(a) * bytes, base + size_t(b) * bytes, bytes, stream));
+  };
+  const size_t entries = size_t(hk) * size_t(cluster_capacity_);  // meta entries of one slot
+  swap(k_steady_, size_t(steady_capacity_) * hk * d, 2);
+  swap(v_steady_, size_t(steady_capacity_) * hk * d, 2);
+  swap(centroids_, entries * d, 2);
+  swap(value_sums_, entries * d, 4);
+  swap(sizes_, entries, 4);
+  swap(begins_, entries, 8);
+  swap(uids_, size_t(hk), 8);
+  if (buffer_.kv_dtype == DType::kFP8E4M3) {
+    swap(k_scales_, entries, 4);
+    swap(v_scales_, entries, 4);
+  }
+  for (int h = 0; h < hk; ++h) store_->swap_groups(a * hk + h, b * hk + h, stream);
+  Slot& sa = slots_[size_t(a)];
+  Slot& sb = slots_[size_t(b)];
+  std::swap(sa.clustered, sb.clustered);
+  std::swap(sa.clusters, sb.clusters);
+  std::swap(sa.steady, sb.steady);
+  set_slot_counts(a, stream);
+  set_slot_counts(b, stream);
 }
 
 int64_t WaveLayerKv::length(int slot) const { return clustered_tokens(slot) + steady_tokens(slot); }

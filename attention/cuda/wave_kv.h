@@ -77,7 +77,14 @@ struct WaveLayerKvSizes {
 // The sizes for `shape`, `params` and `buffer`, with host pages of page_bytes (HostPagePool). Throws
 // retro::Error (kInvalidArgument) as the constructor does for an impossible shape or parameters.
 WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexParams& params,
-                                    const WaveBufferParams& buffer, size_t page_bytes);
+                                    const WaveBufferParams& buffer, size_t page_bytes, int num_layers = 1);
+
+// Growth of the layers of one model is staggered: layer l's update segment comes due growth_stagger
+// tokens after the segment is full, so the layers of a slot grow at different decode steps instead
+// of all in one (min(layer, update_segment_tokens - window_tokens): the window plus the stagger
+// stays within one update segment). Every layer's steady zone holds the largest stagger of the model
+// on top of sink + window + update segment.
+int64_t wave_growth_stagger(const WaveIndexParams& params, int layer);
 
 class WaveLayerKv {
  public:
@@ -110,7 +117,8 @@ class WaveLayerKv {
   // The host side of append() alone (its checks and the slots' token counts, which decide when
   // grow() is due), for a step whose append kernel ran inside a replayed CUDA graph.
   void advance(int batch);
-  // True when the slot's next append needs grow() first (its steady zone is full).
+  // True when the slot's next append needs grow() first: its steady zone holds a full update
+  // segment past the window and this layer's growth stagger.
   bool growth_due(int slot) const;
   // Clusters the oldest update_segment_tokens of the slot's recent tokens as one new index segment
   // and moves them to the host store, keeping the last window_tokens in the steady zone.
@@ -124,6 +132,10 @@ class WaveLayerKv {
 
   // Empties the slot (synchronises the stream: its host pages may be read by queued kernels).
   void release(int slot, cudaStream_t stream);
+  // Exchanges the sequences of slots a and b (either may be empty): steady zones, meta index
+  // entries, cache uids (so the cluster cache keeps serving both) and host pages, in stream order,
+  // between steps. Each slot keeps its own count of sequences held, so uids made later stay fresh.
+  void swap_slots(int a, int b, cudaStream_t stream);
 
   int64_t length(int slot) const;          // tokens of the slot: clustered + steady
   int64_t clustered_tokens(int slot) const;
@@ -163,6 +175,7 @@ class WaveLayerKv {
   int layer_, num_layers_;
   int group_size_ = 0;
   int64_t steady_capacity_ = 0;
+  int64_t growth_at_ = 0;  // steady rows at which growth is due: sink + window + update + stagger
   int64_t cluster_capacity_ = 0;
   std::vector<Slot> slots_;
   std::unique_ptr<HostKvStore> store_;

@@ -19,9 +19,11 @@
 #include "attention/cuda/wave_select.h"
 #include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/cuda/swap.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/cuda/ops.h"
+#include "runtime/cuda/sampling.h"
 #include "runtime/model_weights.h"
 #include "runtime/rope.h"
 
@@ -37,6 +39,10 @@ namespace retro::runtime::cuda {
 namespace {
 
 namespace wave = attention::cuda;
+
+// Where a decode step's logits go: to the host, into a token per row sampled on the device, or (every
+// row greedy) into a token per row picked from one candidate per row and rank.
+enum class LogitsOut { kHost, kSampled, kGreedy };
 
 struct Layer {
   Buffer input_norm, post_norm, wq, wk, wv, wo, bq, bk, bv, bo, w_gate, w_up, w_down, b_gate, b_up, b_down;
@@ -114,12 +120,32 @@ struct GpuModel::Impl {
   int64_t* h_pos = nullptr;     // [max_batch]
   int32_t* h_lens = nullptr;    // [max_batch]
   float* h_logits = nullptr;    // [tp, max_batch, vocab_chunk]
+  // Sampling on the device (decode_sample): per-row parameters staged in pinned memory and copied
+  // inside the step, like the tokens. One block each on the host and the device, laid out as
+  // SamplingLayout says; logits_full gathers a shard group's blocks into [max_batch, vocab].
+  struct SamplingLayout {
+    size_t uniform = 0, temperature = 0, top_p = 0, top_k = 0, next = 0, bytes = 0;
+    explicit SamplingLayout(int rows = 0) {
+      const size_t n = size_t(rows);
+      temperature = uniform + n * 8;
+      top_p = temperature + n * 4;
+      top_k = top_p + n * 4;
+      next = top_k + n * 4;
+      bytes = next + n * 4;
+    }
+  };
+  SamplingLayout sampling_layout;
+  char* h_sampling = nullptr;
+  Buffer d_sampling, logits_full;
+  Buffer candidates, gathered_candidates;  // greedy: [max_batch] this shard's, [tp, max_batch] the group's
   bool use_graph = true;
   // Per decode batch size: its plan, workspace and captured step.
   struct DecodeStep {
     attention::cuda::DecodeAttentionPlan plan;
     Buffer workspace;
-    cudaGraphExec_t graph = nullptr;
+    cudaGraphExec_t graph = nullptr;          // the step with its logits copied to the host
+    cudaGraphExec_t sampled_graph = nullptr;  // the step with its tokens sampled on the device
+    cudaGraphExec_t greedy_graph = nullptr;   // the step with greedy tokens picked on the device
   };
   std::vector<DecodeStep> steps;  // index: batch size
   float attention_scaling = 1.0f;
@@ -252,7 +278,7 @@ struct GpuModel::Impl {
   // Final norm and LM head of `rows` consecutive hidden rows xp [rows, hidden] -> h_logits, copied in
   // stream order: [rows, vocab] fp32, or for a shard the gathered blocks [tp, rows, vocab_chunk] of
   // every rank's vocabulary rows (copy_logits puts them in place).
-  void project_logits(const void* xp, int64_t rows) {
+  void project_logits(const void* xp, int64_t rows, LogitsOut to = LogitsOut::kHost) {
     const ModelConfig& c = config;
     RETRO_CUDA_CHECK(rms_norm(xp, final_norm.data(), xn.data(), rows, c.hidden_size, c.rms_norm_eps, stream));
     // Tied: this shard's head is its block of rows of the (replicated) embedding.
@@ -260,13 +286,68 @@ struct GpuModel::Impl {
                                              : static_cast<const char*>(lm_head.data());
     const int64_t chunk = shard.vocab_chunk;
     gemm(xn.data(), rows, c.hidden_size, head, shard.vocab.size(), logits.data(), 0.0f, CUDA_R_32F, chunk);
+    if (to == LogitsOut::kGreedy) {
+      pick_greedy_tokens(rows);
+      return;
+    }
     const void* out = logits.data();
     if (collectives != nullptr) {
       collectives->all_gather_fp32(static_cast<const float*>(logits.data()), rows * chunk,
                                    static_cast<float*>(gathered.data()));
       out = gathered.data();
     }
+    if (to == LogitsOut::kSampled) {
+      sample_next_tokens(out, rows);
+      return;
+    }
     RETRO_CUDA_CHECK(cudaMemcpyAsync(h_logits, out, size_t(shard.tp * rows * chunk) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // Greedy rows from this shard's logits block: its best logit per row (a candidate of 8 bytes), the
+  // group's candidates gathered (not the logits), the best of them -> h_sampling's next.
+  void pick_greedy_tokens(int64_t rows) {
+    const SamplingLayout& L = sampling_layout;
+    char* d = static_cast<char*>(d_sampling.data());
+    auto* mine = static_cast<ArgmaxCandidate*>(candidates.data());
+    RETRO_CUDA_CHECK(argmax_rows(static_cast<const float*>(logits.data()), rows, shard.vocab.size(), shard.vocab_chunk,
+                                 shard.vocab.begin, mine, stream));
+    const ArgmaxCandidate* all = mine;
+    if (collectives != nullptr) {
+      // A candidate is two 4-byte words; the gather moves bytes.
+      collectives->all_gather_fp32(reinterpret_cast<const float*>(mine), rows * 2,
+                                   reinterpret_cast<float*>(gathered_candidates.data()));
+      all = static_cast<const ArgmaxCandidate*>(gathered_candidates.data());
+    }
+    RETRO_CUDA_CHECK(pick_best_candidates(all, shard.tp, rows, reinterpret_cast<int32_t*>(d + L.next), stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_sampling + L.next, d + L.next, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream));
+  }
+
+  // The step's logits (this shard's block, or the gathered blocks [tp, rows, vocab_chunk]) -> one
+  // token per row sampled on the device with the staged parameters -> h_sampling's next, in stream
+  // order. Every rank of a group samples the same tokens from the same logits and uniforms.
+  void sample_next_tokens(const void* blocks, int64_t rows) {
+    const int64_t vocab = config.vocab_size, chunk = shard.vocab_chunk;
+    const float* rows_logits = static_cast<const float*>(blocks);
+    if (!shard.is_whole()) {
+      // [tp, rows, chunk] -> [rows, vocab]: each rank's block lands in its vocabulary columns.
+      for (int r = 0; r < shard.tp; ++r) {
+        const IndexRange range = shard.vocab_of(r, vocab);
+        RETRO_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<float*>(logits_full.data()) + range.begin, size_t(vocab) * 4,
+                                           rows_logits + r * rows * chunk, size_t(chunk) * 4, size_t(range.size()) * 4,
+                                           size_t(rows), cudaMemcpyDeviceToDevice, stream));
+      }
+      rows_logits = static_cast<const float*>(logits_full.data());
+    }
+    const SamplingLayout& L = sampling_layout;
+    char* d = static_cast<char*>(d_sampling.data());
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(d, h_sampling, L.next, cudaMemcpyHostToDevice, stream));
+    SamplingRows params;
+    params.uniform = reinterpret_cast<const double*>(d + L.uniform);
+    params.temperature = reinterpret_cast<const float*>(d + L.temperature);
+    params.top_p = reinterpret_cast<const float*>(d + L.top_p);
+    params.top_k = reinterpret_cast<const int32_t*>(d + L.top_k);
+    RETRO_CUDA_CHECK(sample_rows(rows_logits, rows, vocab, params, reinterpret_cast<int32_t*>(d + L.next), stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(h_sampling + L.next, d + L.next, size_t(rows) * 4, cudaMemcpyDeviceToHost, stream));
   }
 
   // After the stream is synchronised: h_logits of `rows` rows -> out [rows, vocab].
@@ -288,7 +369,8 @@ struct GpuModel::Impl {
   // split-KV decode kernel over the dense cache (dense) or WaveLayerKv append + attend (wave), and
   // nothing depends on host values — the step can be captured in a graph. Dense prefill: K/V land
   // straight in their cache rows and attention is the tensor-core prefill kernel.
-  void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr) {
+  void run_layers(int64_t n, bool decode_step, bool want_logits, int slot = 0, DecodeStep* step = nullptr,
+                  LogitsOut to = LogitsOut::kHost) {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
@@ -342,7 +424,7 @@ struct GpuModel::Impl {
       attention_output_and_mlp(L, x.data(), n);
     }
     // Prefill: the last token only. Decode: every row is a sequence's newest token.
-    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1);
+    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, to);
   }
 
   void prefill_chunk(int slot, const int32_t* tokens, int64_t n, float* host_logits) {
@@ -421,11 +503,11 @@ struct GpuModel::Impl {
 
   // The decode step's inputs travel from pinned host memory inside the step, so a captured graph
   // reads this step's values on every replay.
-  void decode_body(int batch, DecodeStep& step) {
+  void decode_body(int batch, DecodeStep& step, LogitsOut to) {
     RETRO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), h_tokens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(positions.data(), h_pos, size_t(batch) * 8, cudaMemcpyHostToDevice, stream));
     RETRO_CUDA_CHECK(cudaMemcpyAsync(seq_len.data(), h_lens, size_t(batch) * 4, cudaMemcpyHostToDevice, stream));
-    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step);
+    run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step, to);
   }
 
   // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
@@ -443,7 +525,10 @@ struct GpuModel::Impl {
     for (auto& kv : wave_kv) kv->advance(batch);
   }
 
-  void decode_tokens(std::span<const int32_t> tokens, float* host_logits) {
+  // One decode step of slots [0, tokens.size()): logits -> host_logits, or (sampling != null) the
+  // next token of each slot sampled on the device -> next.
+  void decode_tokens(std::span<const int32_t> tokens, float* host_logits, const SamplingParams* sampling = nullptr,
+                     const double* uniforms = nullptr, int32_t* next = nullptr) {
     const int batch = static_cast<int>(tokens.size());
     RETRO_CHECK(batch >= 1 && batch <= max_batch, "decode batch of {} sequences (1..{})", batch, max_batch);
     for (int b = 0; b < batch; ++b) {
@@ -454,6 +539,10 @@ struct GpuModel::Impl {
       h_pos[b] = lengths[size_t(b)];
       h_lens[b] = static_cast<int32_t>(lengths[size_t(b)] + 1);
     }
+    const bool sampled = sampling != nullptr;
+    if (sampled) stage_sampling(batch, sampling, uniforms);
+    const bool all_greedy = sampled && std::all_of(sampling, sampling + batch, [](const SamplingParams& p) { return p.greedy(); });
+    const LogitsOut to = !sampled ? LogitsOut::kHost : all_greedy ? LogitsOut::kGreedy : LogitsOut::kSampled;
     if (wave_mode) grow_due_segments(batch);
     DecodeStep& step = steps[size_t(batch)];
     if (!wave_mode && step.plan.tokens_per_split == 0) {
@@ -462,31 +551,58 @@ struct GpuModel::Impl {
       if (step.plan.workspace_bytes) step.workspace = allocator->allocate(step.plan.workspace_bytes, MemoryPurpose::kWorkspace);
     }
     if (!use_graph) {
-      decode_body(batch, step);
+      decode_body(batch, step, to);
     } else {
-      const bool replay = step.graph != nullptr;
+      cudaGraphExec_t& graph = to == LogitsOut::kHost ? step.graph
+                               : to == LogitsOut::kSampled ? step.sampled_graph
+                                                           : step.greedy_graph;
+      const bool replay = graph != nullptr;
       if (!replay) {
         cudaGraph_t g = nullptr;
         RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
         try {
-          decode_body(batch, step);
+          decode_body(batch, step, to);
         } catch (...) {
           cudaStreamEndCapture(stream, &g);
           if (g) cudaGraphDestroy(g);
           throw;
         }
         RETRO_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
-        cudaError_t st = cudaGraphInstantiate(&step.graph, g, 0);
+        cudaError_t st = cudaGraphInstantiate(&graph, g, 0);
         cudaGraphDestroy(g);
         RETRO_CUDA_CHECK(st);
       }
-      RETRO_CUDA_CHECK(cudaGraphLaunch(step.graph, stream));
+      RETRO_CUDA_CHECK(cudaGraphLaunch(graph, stream));
       // The capture ran append()'s host code already; a replay did not.
       if (wave_mode && replay) advance_wave_counts(batch);
     }
     RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     for (int b = 0; b < batch; ++b) lengths[size_t(b)] += 1;
-    copy_logits(batch, host_logits);
+    if (!sampled) {
+      copy_logits(batch, host_logits);
+      return;
+    }
+    const int32_t* sampled_tokens = reinterpret_cast<const int32_t*>(h_sampling + sampling_layout.next);
+    for (int b = 0; b < batch; ++b) {
+      RETRO_CHECK_KIND(sampled_tokens[b] >= 0, ErrorKind::kInternal,
+                       "the logits of slot {} hold a NaN: the forward pass broke", b);
+      next[b] = sampled_tokens[b];
+    }
+  }
+
+  // Rows [0, batch) of the pinned sampling block (copied to the device inside the step).
+  void stage_sampling(int batch, const SamplingParams* sampling, const double* uniforms) {
+    const SamplingLayout& L = sampling_layout;
+    for (int b = 0; b < batch; ++b) {
+      const SamplingParams& p = sampling[b];
+      p.validate();
+      RETRO_CHECK(uniforms[b] >= 0.0 && uniforms[b] < 1.0, "the uniform of slot {} is {}, outside [0, 1)", b,
+                  uniforms[b]);
+      reinterpret_cast<double*>(h_sampling + L.uniform)[b] = uniforms[b];
+      reinterpret_cast<float*>(h_sampling + L.temperature)[b] = p.temperature;
+      reinterpret_cast<float*>(h_sampling + L.top_p)[b] = p.top_p;
+      reinterpret_cast<int32_t*>(h_sampling + L.top_k)[b] = p.top_k;
+    }
   }
 
   void set_attention_override(const AttentionInputOverride& o) {
@@ -502,8 +618,10 @@ struct GpuModel::Impl {
       // Captured steps hold the old addresses; each batch size is captured again on its next step.
       RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (DecodeStep& step : steps) {
-        if (step.graph) RETRO_CUDA_CHECK(cudaGraphExecDestroy(step.graph));
-        step.graph = nullptr;
+        for (cudaGraphExec_t* g : {&step.graph, &step.sampled_graph, &step.greedy_graph}) {
+          if (*g) RETRO_CUDA_CHECK(cudaGraphExecDestroy(*g));
+          *g = nullptr;
+        }
       }
     }
     inputs_override = o;
@@ -537,7 +655,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
   if (!c.tie_word_embeddings) p.weights -= size_t(c.vocab_size - shard.vocab.size()) * size_t(c.hidden_size) * 2;
   const size_t rows = size_t(std::max<int64_t>(std::min(max_chunk, max_tokens), max_batch));
   const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
-  const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 1;  // own block (+ the gathered ones)
+  // Own block (+ the gathered ones and their [max_batch, vocab] arrangement for device sampling).
+  const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 2;
   p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + logit_blocks * size_t(max_batch) * size_t(shard.vocab_chunk) * 4 +
                   rows * 12 + (size_t(32) << 20);  // + cuBLAS workspace
   if (o.attention == attention::AttentionMode::kDense) {
@@ -545,7 +664,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
     return p;
   }
   const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
-  p.wave_kv = size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o)).total();
+  p.wave_kv =
+      size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total();
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
   // Residual stream, ids and positions of a max_tokens prompt; K and V of one layer.
   p.prefill = size_t(max_tokens) * (h * 2 + 12) + 2 * size_t(max_tokens) * size_t(c.kv_size()) * 2;
@@ -675,7 +795,14 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.gate = act(size_t(chunk * f) * 2);
   m.up = act(size_t(chunk * f) * 2);
   m.logits = act(size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
-  if (!shard.is_whole()) m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
+  if (!shard.is_whole()) {
+    m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
+    m.logits_full = act(size_t(max_batch) * size_t(c.vocab_size) * 4);
+  }
+  m.sampling_layout = Impl::SamplingLayout(max_batch);
+  m.d_sampling = act(m.sampling_layout.bytes);
+  m.candidates = act(size_t(max_batch) * sizeof(ArgmaxCandidate));
+  if (!shard.is_whole()) m.gathered_candidates = act(size_t(shard.tp) * size_t(max_batch) * sizeof(ArgmaxCandidate));
   m.ids = act(size_t(id_rows) * 4);
   m.positions = act(size_t(id_rows) * 8);
   m.seq_len = act(size_t(max_batch) * 4);
@@ -690,6 +817,8 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_lens), size_t(max_batch) * 4, cudaHostAllocDefault));
   RETRO_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&m.h_logits),
                                  size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4, cudaHostAllocDefault));
+  RETRO_CUDA_CHECK(
+      cudaHostAlloc(reinterpret_cast<void**>(&m.h_sampling), m.sampling_layout.bytes, cudaHostAllocDefault));
   RopeTable rope(c);
   m.attention_scaling = rope.attention_scaling();
   m.inv_freq = act(rope.inv_freq().size() * 4);
@@ -728,18 +857,21 @@ GpuModel::~GpuModel() {
   // Pinned pages and device buffers are freed below: no queued kernel may still read them.
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
   for (auto& step : impl_->steps)
-    if (step.graph) cudaGraphExecDestroy(step.graph);
+    for (cudaGraphExec_t g : {step.graph, step.sampled_graph, step.greedy_graph})
+      if (g) cudaGraphExecDestroy(g);
   impl_->wave_kv.clear();
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->stream && impl_->own_stream) cudaStreamDestroy(impl_->stream);
   for (void* p : {static_cast<void*>(impl_->h_tokens), static_cast<void*>(impl_->h_pos), static_cast<void*>(impl_->h_lens),
-                  static_cast<void*>(impl_->h_logits)})
+                  static_cast<void*>(impl_->h_logits), static_cast<void*>(impl_->h_sampling)})
     if (p) cudaFreeHost(p);
 }
 
 const ModelConfig& GpuModel::config() const { return impl_->full_config; }
 const ModelShard& GpuModel::shard() const { return impl_->shard; }
 int GpuModel::max_batch() const { return impl_->max_batch; }
+int64_t GpuModel::max_tokens() const { return impl_->max_tokens; }
+const GpuModelOptions& GpuModel::options() const { return impl_->options; }
 attention::AttentionMode GpuModel::attention_mode() const { return impl_->options.attention; }
 const GpuModelMemoryPlan& GpuModel::memory_plan() const { return impl_->plan; }
 int64_t GpuModel::length(int slot) const {
@@ -751,6 +883,29 @@ void GpuModel::reset(int slot) {
   m.check_slot(slot);
   for (auto& kv : m.wave_kv) kv->release(slot, m.stream);
   m.lengths[size_t(slot)] = 0;
+}
+
+void GpuModel::swap_slots(int a, int b) {
+  Impl& m = *impl_;
+  m.check_slot(a);
+  m.check_slot(b);
+  if (a == b) return;
+  if (m.wave_mode) {
+    for (auto& kv : m.wave_kv) kv->swap_slots(a, b, m.stream);
+  } else {
+    const ModelConfig& c = m.config;
+    // Only the rows either slot holds; the rest of both regions is unused.
+    const int64_t rows = std::max(m.lengths[size_t(a)], m.lengths[size_t(b)]);
+    const size_t bytes = size_t(rows) * size_t(c.num_kv_heads) * size_t(c.head_dim) * 2;
+    const size_t slot_bytes = size_t(m.slot_elems) * 2;
+    for (Layer& L : m.layers)
+      for (Buffer* cache : {&L.k_cache, &L.v_cache}) {
+        char* base = static_cast<char*>(cache->data());
+        RETRO_CUDA_CHECK(retro::cuda::swap_device_bytes(base + size_t(a) * slot_bytes, base + size_t(b) * slot_bytes,
+                                                        bytes, m.stream));
+      }
+  }
+  std::swap(m.lengths[size_t(a)], m.lengths[size_t(b)]);
 }
 
 void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits) {
@@ -767,6 +922,14 @@ void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits)
 }
 
 void GpuModel::decode(std::span<const int32_t> tokens, float* logits) { impl_->decode_tokens(tokens, logits); }
+
+void GpuModel::decode_sample(std::span<const int32_t> tokens, std::span<const SamplingParams> sampling,
+                             std::span<const double> uniforms, std::span<int32_t> next) {
+  RETRO_CHECK(sampling.size() == tokens.size() && uniforms.size() == tokens.size() && next.size() == tokens.size(),
+              "decode_sample of {} slots with {} sampling parameters, {} uniforms and room for {} tokens", tokens.size(),
+              sampling.size(), uniforms.size(), next.size());
+  impl_->decode_tokens(tokens, nullptr, sampling.data(), uniforms.data(), next.data());
+}
 
 void GpuModel::set_attention_override(const AttentionInputOverride& inputs) { impl_->set_attention_override(inputs); }
 const AttentionInputOverride& GpuModel::attention_override() const { return impl_->inputs_override; }

@@ -13,7 +13,8 @@
 //          WaveLayerKv (attention/cuda/wave_kv.h) clusters into its index and moves to pinned host
 //          pages before the next layer. Decode appends to the steady zone and runs wave attention
 //          (steady zone + retrieved clusters through the GPU cluster cache + estimated clusters).
-//          Update segments are clustered between steps, outside the captured graph.
+//          Update segments are clustered between steps, outside the captured graph; the layers of a
+//          slot come due at staggered steps (wave_growth_stagger), so no step clusters them all.
 //
 // Tensor parallelism: a GpuModel may be one rank's shard (runtime/model_shard.h) of a group that
 // parallel/gpu_tensor_parallel.h assembles: its own KV heads (each with its own wave index, host
@@ -33,6 +34,7 @@
 #include "attention/wave_index.h"
 #include "runtime/model_config.h"
 #include "runtime/model_shard.h"
+#include "runtime/sampler.h"
 #include "runtime/weight_source.h"
 
 namespace retro::runtime::cuda {
@@ -120,10 +122,17 @@ class GpuModel {
   const ModelConfig& config() const;  // the whole model's
   const ModelShard& shard() const;
   int max_batch() const;
+  int64_t max_tokens() const;  // tokens one slot may hold
+  const GpuModelOptions& options() const;
   attention::AttentionMode attention_mode() const;
   const GpuModelMemoryPlan& memory_plan() const;
   int64_t length(int slot = 0) const;  // tokens the slot holds
   void reset(int slot = 0);            // empties the slot (wave: its host pages go back to the pool)
+  // Exchanges the sequences of slots a and b (either may be empty), in stream order: what a scheduler
+  // does to keep the sequences it decodes in slots [0, n), which is what decode() runs. Dense: the
+  // two slots' cached K/V rows; wave: each layer's steady zone, index and host pages (cluster cache
+  // entries stay valid). No captured step needs capturing again.
+  void swap_slots(int a, int b);
 
   // Runs a prompt into `slot` in chunks of at most max_chunk tokens; logits of its last token ->
   // host [vocab]. Dense: appends to what the slot holds. Wave: the slot must be empty (its index is
@@ -134,6 +143,12 @@ class GpuModel {
   // Wave: every slot needs its prompt first; due update segments are clustered before the step.
   void decode(std::span<const int32_t> tokens, float* logits);
   void decode(int32_t token, float* logits) { decode(std::span<const int32_t>(&token, 1), logits); }
+  // The same step with each slot's next token sampled on the device (runtime/cuda/sampling.h, the
+  // twin of runtime::sample_token): sampling[b] and uniforms[b] (Sampler::next_uniform(); greedy
+  // rows ignore it) -> next[b]. Only the tokens leave the GPU, not [batch, vocab] logits; a shard
+  // group samples the same tokens on every rank.
+  void decode_sample(std::span<const int32_t> tokens, std::span<const SamplingParams> sampling,
+                     std::span<const double> uniforms, std::span<int32_t> next);
 
   // Benchmarking facility (off by default, no cost when off): replaces the attention inputs of later
   // prefills and decode steps, in both modes; AttentionInputOverride{} turns it off. Captured decode

@@ -24,4 +24,21 @@ struct SamplingRows {
 cudaError_t sample_rows(const float* logits, int64_t rows, int64_t vocab, const SamplingRows& params, int32_t* out,
                         cudaStream_t stream);
 
+// Greedy picks of a vocabulary split over tensor-parallel ranks gather one candidate per row and
+// rank instead of the logits: each rank's best, then the best of those.
+struct ArgmaxCandidate {
+  float value = 0.0f;
+  int32_t index = -1;  // -1: the row holds a NaN
+};
+
+// out[r] = the largest of logits[r * ld + c] for c in [0, cols) and its column + index_offset (lowest
+// on ties, as runtime::argmax); index -1 when the row holds a NaN. One block per row.
+cudaError_t argmax_rows(const float* logits, int64_t rows, int64_t cols, int64_t ld, int64_t index_offset,
+                        ArgmaxCandidate* out, cudaStream_t stream);
+
+// out[r] = the index of the best candidate of row r among candidates[p * rows + r], p in [0, parts)
+// (largest value, lowest index on ties); -1 when any of them is -1.
+cudaError_t pick_best_candidates(const ArgmaxCandidate* candidates, int parts, int64_t rows, int32_t* out,
+                                 cudaStream_t stream);
+
 }  // namespace retro::runtime::cuda

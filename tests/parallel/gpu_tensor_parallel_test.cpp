@@ -127,6 +127,16 @@ TEST_F(NcclModel, NeedleModelShardsMatchTheWholeModelWithDenseAndWaveAttention) 
   GpuModelShard shard(world_, *host_group_, config, *weights, kMaxTokens, wave);
   // 160 steps cross an update segment of each slot: the shard clusters its own heads' rows.
   expect_same_generation(whole, shard.model(), prompts, /*steps=*/160, "wave, every cluster retrieved");
+  // Greedy tokens sampled on the device, each rank from the gathered logits: the whole model's.
+  std::vector<int32_t> tokens = {1, 2}, a(2), b(2);
+  const std::vector<runtime::SamplingParams> greedy(2);
+  const std::vector<double> uniforms(2, 0.0);
+  for (int step = 0; step < 8; ++step) {
+    whole.decode_sample(tokens, greedy, uniforms, a);
+    shard.model().decode_sample(tokens, greedy, uniforms, b);
+    EXPECT_EQ(a, b) << "step " << step;
+    tokens = a;
+  }
   EXPECT_GT(shard.model().host_kv_bytes(), 0u);
   EXPECT_LT(shard.model().host_kv_bytes(), whole.host_kv_bytes());
 }

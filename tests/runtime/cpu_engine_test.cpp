@@ -188,5 +188,39 @@ TEST_F(CpuEngineTest, ItemsThatDoNotFitTheSlotsAreRefusedBeforeAnythingRuns) {
   EXPECT_EQ(engine.length(1), 48);
 }
 
+// pack_decoding_slots: after its swaps, model slots [0, n) hold exactly the decoding sequences,
+// whatever holes and idle sequences lay below n; nothing moves when they are already there.
+TEST(PackDecodingSlots, SwapsBringEveryDecodingSequenceBelowN) {
+  auto apply = [](std::vector<int> held, const std::vector<std::pair<int, int>>& swaps) {
+    for (const auto& [a, b] : swaps) std::swap(held[size_t(a)], held[size_t(b)]);
+    return held;
+  };
+  // Model slot -> engine slot (-1: empty); decoding by engine slot.
+  const std::vector<std::vector<int>> layouts = {{0, 1, 2, 3, -1}, {-1, 3, 0, -1, 1}, {4, -1, -1, 2, 0}, {2, 0, 1, -1, -1}};
+  const std::vector<std::vector<bool>> decodings = {
+      {true, false, true, false, false}, {false, true, false, true, false}, {true, false, true, false, true}, {true, true, true, false, false}};
+  for (const auto& held : layouts) {
+    for (const auto& decoding : decodings) {
+      bool valid = true;  // every decoding engine slot must be held by some model slot
+      for (size_t e = 0; e < decoding.size(); ++e)
+        if (decoding[e] && std::find(held.begin(), held.end(), int(e)) == held.end()) valid = false;
+      if (!valid) {
+        EXPECT_THROW(pack_decoding_slots(held, decoding), Error);
+        continue;
+      }
+      const auto swaps = pack_decoding_slots(held, decoding);
+      const std::vector<int> after = apply(held, swaps);
+      const int n = int(std::count(decoding.begin(), decoding.end(), true));
+      for (int m = 0; m < int(after.size()); ++m) {
+        const bool decodes = after[size_t(m)] >= 0 && decoding[size_t(after[size_t(m)])];
+        EXPECT_EQ(decodes, m < n) << "model slot " << m;
+      }
+      int holes = 0;
+      for (int m = 0; m < n; ++m) holes += held[size_t(m)] >= 0 && decoding[size_t(held[size_t(m)])] ? 0 : 1;
+      EXPECT_EQ(int(swaps.size()), holes);  // one swap per hole, none when already packed
+    }
+  }
+}
+
 }  // namespace
 }  // namespace retro::runtime

@@ -263,6 +263,41 @@ TEST_F(CudaOps, SamplingFlagsARowWithANan) {
   EXPECT_EQ(got[1], -1);
 }
 
+// Greedy over a vocabulary split into blocks (as tensor-parallel ranks hold it): the best candidate of
+// each block (argmax_rows, rows ld apart, indices offset to the whole vocabulary), then the best of
+// the blocks (pick_best_candidates), is the whole row's argmax, ties to the lowest id; a NaN anywhere
+// gives -1. Quantised logits make ties across blocks common.
+TEST_F(CudaOps, BlockwiseArgmaxCandidatesPickTheWholeRowsArgmax) {
+  const int64_t rows = 37, vocab = 1001, parts = 3, chunk = (vocab + parts - 1) / parts;
+  std::uniform_int_distribution<int> q(-6, 6);
+  std::vector<float> logits(size_t(rows * vocab));
+  for (float& x : logits) x = 0.5f * float(q(rng_));
+  logits[size_t(5 * vocab + 700)] = NAN;
+  // Blocks [parts, rows, chunk], the last one short, as the all-gather lays them out.
+  std::vector<float> blocks(size_t(parts * rows * chunk), -1e30f);
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < chunk && p * chunk + c < vocab; ++c)
+        blocks[size_t((p * rows + r) * chunk + c)] = logits[size_t(r * vocab + p * chunk + c)];
+  const float* dblocks = upload(blocks);
+  auto* candidates = poisoned<cuda::ArgmaxCandidate>(size_t(parts * rows));
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t cols = std::min(chunk, vocab - p * chunk);
+    ASSERT_CUDA(cuda::argmax_rows(dblocks + p * rows * chunk, rows, cols, chunk, p * chunk, candidates + p * rows, nullptr));
+  }
+  auto* dout = poisoned<int32_t>(size_t(rows));
+  ASSERT_CUDA(cuda::pick_best_candidates(candidates, int(parts), rows, dout, nullptr));
+  std::vector<int32_t> got(size_t(rows), -2);
+  ASSERT_CUDA(cudaMemcpy(got.data(), dout, size_t(rows) * 4, cudaMemcpyDeviceToHost));
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r == 5) {
+      EXPECT_EQ(got[size_t(r)], -1) << "the row with a NaN";
+      continue;
+    }
+    EXPECT_EQ(got[size_t(r)], argmax(std::span<const float>(logits.data() + r * vocab, size_t(vocab)))) << "row " << r;
+  }
+}
+
 #else
 TEST(CudaOps, NeedACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
 #endif

@@ -129,6 +129,69 @@ TEST_F(NeedleModelGpu, CapturedDecodeStepEqualsEagerLaunches) {
   EXPECT_EQ(model_->length(), eager.length());
 }
 
+// decode_sample picks, on the GPU, the token the host sampler picks from the same step's logits:
+// one slot greedy, one with temperature and top-k, one with temperature and top-p, each fed its own
+// uniform stream; captured and eager steps. Two models run in lockstep on the same tokens, one
+// returning logits, one sampling.
+void expect_device_sampling_matches_the_host_sampler(bool use_cuda_graph) {
+  ModelConfig config;
+  auto weights = open_model(kModelDir.string(), &config);
+  SafetensorsFile reference(kModelDir / "reference.safetensors");
+  cuda::GpuModelOptions o;
+  o.max_chunk = 512;
+  o.max_batch = 3;
+  o.use_cuda_graph = use_cuda_graph;
+  cuda::GpuModel with_logits(config, *weights, 0, /*max_tokens=*/4200, o);
+  cuda::GpuModel sampling(config, *weights, 0, /*max_tokens=*/4200, o);
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  const std::vector<SamplingParams> params = {
+      {}, {.temperature = 0.8f, .top_k = 40, .seed = 11}, {.temperature = 1.0f, .top_p = 0.9f, .seed = 12}};
+  std::vector<Sampler> streams;
+  for (const SamplingParams& p : params) streams.emplace_back(p);
+  std::vector<float> logits(3 * vocab);
+  std::vector<int32_t> tokens(3);
+  int s = 0;
+  for (const char* name : {"ids_short", "ids_1k", "ids_4k"}) {
+    Tensor t = reference.mapped(name);
+    const std::vector<int32_t> prompt(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
+    with_logits.prefill(s, prompt, logits.data() + size_t(s) * vocab);
+    sampling.prefill(s, prompt, logits.data() + size_t(s) * vocab);
+    tokens[size_t(s)] = argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
+    ++s;
+  }
+  int boundary_cases = 0;
+  for (int step = 0; step < 24; ++step) {
+    std::vector<double> uniforms(3, 0.0);
+    for (size_t b = 1; b < 3; ++b) uniforms[b] = streams[b].next_uniform();
+    std::vector<int32_t> next(3, -1);
+    with_logits.decode(tokens, logits.data());
+    sampling.decode_sample(tokens, params, uniforms, next);
+    for (size_t b = 0; b < 3; ++b) {
+      const std::span<const float> row(logits.data() + b * vocab, vocab);
+      const int32_t want = sample_token(row, params[b], uniforms[b]);
+      if (b == 0) {
+        // Greedy: the device's logits of this step are the host model's, so the argmax is the same
+        // token unless two logits tie within bf16 noise.
+        EXPECT_LT(row[size_t(want)] - row[size_t(next[b])], kBf16LogitTolerance) << "greedy, step " << step;
+      } else if (next[b] != want) {
+        // The two models' logits differ by bf16 noise, which may move a cumulative-mass boundary
+        // past the uniform: rare, and then the pick must be a neighbour in probability order.
+        ++boundary_cases;
+        EXPECT_GE(next[b], 0) << "slot " << b << " step " << step;
+      }
+      tokens[b] = want;
+    }
+  }
+  EXPECT_LE(boundary_cases, 3) << "sampled tokens that differ from the host sampler's over 48 draws";
+}
+
+TEST_F(NeedleModelGpu, DecodeSampleMatchesTheHostSamplerWithCapturedSteps) {
+  expect_device_sampling_matches_the_host_sampler(true);
+}
+TEST_F(NeedleModelGpu, DecodeSampleMatchesTheHostSamplerWithEagerSteps) {
+  expect_device_sampling_matches_the_host_sampler(false);
+}
+
 // Three sequences of different lengths decoded together give the logits each gets alone.
 TEST_F(NeedleModelGpu, BatchedDecodeOfRaggedSequencesMatchesEachAlone) {
   ModelConfig config;
@@ -617,6 +680,64 @@ TEST_F(NeedleModelGpu, AttentionInputOverrideReplacesWhatAttentionReadsEagerLaun
 #else
 TEST(NeedleModelGpu, NeedsACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
 #endif
+
+// swap_slots moves sequences between slots: after swapping slots 0 and 2 (and slot 1 with an empty
+// slot 3 and back), a model decodes the same sequences in the swapped order and gives the same
+// logits, row for row, as one that never swapped; dense and wave (whose cache entries move along).
+void expect_swapped_slots_decode_the_same(const cuda::GpuModelOptions& options) {
+  ModelConfig config;
+  auto weights = open_model(kModelDir.string(), &config);
+  SafetensorsFile reference(kModelDir / "reference.safetensors");
+  cuda::GpuModel straight(config, *weights, 0, /*max_tokens=*/4200, options);
+  cuda::GpuModel swapped(config, *weights, 0, /*max_tokens=*/4200, options);
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  std::vector<float> a(3 * vocab), b(3 * vocab);
+  std::vector<int32_t> tokens(3);
+  int s = 0;
+  for (const char* name : {"ids_short", "ids_1k", "ids_4k"}) {
+    Tensor t = reference.mapped(name);
+    const std::vector<int32_t> prompt(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
+    straight.prefill(s, prompt, a.data() + size_t(s) * vocab);
+    swapped.prefill(s, prompt, b.data() + size_t(s) * vocab);
+    tokens[size_t(s)] = argmax(std::span<const float>(a.data() + size_t(s) * vocab, vocab));
+    ++s;
+  }
+  swapped.swap_slots(0, 2);
+  swapped.swap_slots(1, 3);  // with an empty slot, and back
+  EXPECT_EQ(swapped.length(1), 0);
+  swapped.swap_slots(3, 1);
+  EXPECT_EQ(swapped.length(0), straight.length(2));
+  EXPECT_EQ(swapped.length(2), straight.length(0));
+  const std::vector<int> order = {2, 1, 0};  // swapped slot -> straight slot
+  for (int step = 0; step < 12; ++step) {
+    std::vector<int32_t> permuted(3);
+    for (size_t i = 0; i < 3; ++i) permuted[i] = tokens[size_t(order[i])];
+    straight.decode(tokens, a.data());
+    swapped.decode(permuted, b.data());
+    for (size_t i = 0; i < 3; ++i) {
+      const float diff = max_abs_diff(b.data() + i * vocab, a.data() + size_t(order[i]) * vocab, vocab);
+      EXPECT_LT(diff, 1e-3f) << "swapped slot " << i << " step " << step;
+    }
+    for (size_t i = 0; i < 3; ++i) tokens[i] = argmax(std::span<const float>(a.data() + i * vocab, vocab));
+  }
+}
+
+TEST_F(NeedleModelGpu, SwappedSlotsDecodeTheSameSequencesWithDenseAttention) {
+  cuda::GpuModelOptions o;
+  o.max_batch = 4;
+  o.max_chunk = 512;
+  expect_swapped_slots_decode_the_same(o);
+}
+
+TEST_F(NeedleModelGpu, SwappedSlotsDecodeTheSameSequencesWithWaveAttention) {
+  // Small update segments so decode crosses one after the swap.
+  cuda::GpuModelOptions o = full_retrieval_wave(4, /*use_cuda_graph=*/true);
+  o.wave.retrieval_budget = 0.05;
+  o.wave.estimation_budget = 0.2;
+  o.wave.update_segment_tokens = 8;
+  o.wave.tokens_per_cluster = 4;
+  expect_swapped_slots_decode_the_same(o);
+}
 
 }  // namespace
 }  // namespace retro::runtime
