@@ -58,6 +58,9 @@ namespace retro::launcher {
 
 namespace {
 
+// Decode steps run untimed before each measured run: the first captures the batch size's graph.
+constexpr int kWarmupSteps = 1;
+
 struct GpuModelBenchOptions {
   std::string model = "preset:llama3-8b";
   std::string backend = "cuda";
@@ -278,7 +281,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     inputs = std::make_unique<SyntheticAttentionInputs>(runtime::shard_config(config, shard_plan), max_context,
                                                         max_batch, o.seed, *input_memory);
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
-  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + o.decode_tokens,
+  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + kWarmupSteps + o.decode_tokens,
                                 gpu_options(o, max_batch));
   runtime::cuda::GpuModel& model = shard.model();
   say(leader, "model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
@@ -322,7 +325,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     // Steady state of a server: its pinned host pool has grown once, at start (cudaHostAlloc of new
     // chunks is a one-time cost, reported separately), and later prompts reuse the pages.
     auto a = Clock::now();
-    model.reserve_host_kv(max_batch, max_context + o.decode_tokens);
+    model.reserve_host_kv(max_batch, max_context + kWarmupSteps + o.decode_tokens);
     say(leader, "(host pool pinned for {} sequences of {} tokens: {} in {:.1f} s, untimed)\n\n", max_batch,
         max_context, format_bytes(model.host_pinned_bytes()), std::chrono::duration<double>(Clock::now() - a).count());
   }
@@ -357,16 +360,18 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         parallel::watchdog_progress();
         next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data(), vocab));
       }
-      if (synthetic) inputs->plan_decode(int(bs), o.decode_tokens);
+      const int warmup = kWarmupSteps, steps = warmup + o.decode_tokens;
+      if (synthetic) inputs->plan_decode(int(bs), steps);
       // Cache counters are read before and after the timed steps, never inside one; synthetic inputs
       // are uploaded between steps, untimed.
-      const attention::cuda::WaveCacheCounters before = wave ? model.wave_cache_counters() : attention::cuda::WaveCacheCounters{};
-      double decode_ms = 0, slowest_ms = 0;
+      attention::cuda::WaveCacheCounters before{};
+      std::vector<double> step_times;  // ms of each timed step
       // Greedy tokens picked on the GPU: only the tokens come back to the host (GpuModel::decode_sample).
       const std::vector<runtime::SamplingParams> greedy(static_cast<size_t>(bs));
       const std::vector<double> uniforms(static_cast<size_t>(bs), 0.0);
-      for (int i = 0; i < o.decode_tokens; ++i) {
+      for (int i = 0; i < steps; ++i) {
         if (synthetic) inputs->upload_step(i);
+        if (wave && i == warmup) before = model.wave_cache_counters();
         auto b = Clock::now();
         if (o.host_logits) {
           model.decode(next, logits.data());
@@ -375,11 +380,11 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         } else {
           model.decode_sample(next, greedy, uniforms, next);
         }
-        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - b).count();
-        decode_ms += ms;
-        slowest_ms = std::max(slowest_ms, ms);
+        if (i >= warmup) step_times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - b).count());
         parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
       }
+      const StepTimes times = summarize_steps(step_times);
+      const double decode_ms = times.total_ms, slowest_ms = times.slowest_ms;
       const double step_ms = decode_ms / o.decode_tokens;
       const double prefill_tps = double(ctx * bs) / prefill_s, decode_tps = double(bs) * 1e3 / step_ms;
       nlohmann::ordered_json row{{"bench", "model"},          {"backend", "cuda"},
@@ -391,6 +396,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"workload", o.workload}, {"host_logits", o.host_logits}};
       row["tp"] = world.tp;
       row["decode_ms_slowest_step"] = slowest_ms;
+      row["decode_ms_median_step"] = times.median_ms;
+      row["decode_ms_p99_step"] = times.p99_ms;
+      row["decode_warmup_steps"] = warmup;
       if (synthetic) row["seed"] = o.seed;
       if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
@@ -422,7 +430,8 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         row["clusters_per_group"] = double(st.clusters) / groups;
         row["host_kv_bytes"] = model.host_kv_bytes();
       }
-      say(leader, "(slowest decode step: {:.2f} ms)\n", slowest_ms);
+      say(leader, "(decode steps after {} untimed: median {:.2f} ms, p99 {:.2f} ms, slowest {:.2f} ms at step {})\n",
+          warmup, times.median_ms, times.p99_ms, slowest_ms, warmup + times.slowest_step);
       if (world.tp > 1) {
         // Each layer all-reduces the step's hidden rows twice (after O and after down).
         const double us = all_reduce_us(shard, *input_memory, bs);

@@ -67,11 +67,6 @@ std::vector<bf16> to_bf16(const std::vector<float>& x) {
   return y;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 void run_wave_bench(const WaveBenchOptions& o) {
   using namespace attention;
   using namespace attention::cuda;

@@ -1,6 +1,8 @@
 #include "launcher/bench_util.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <sstream>
 
 #include "runtime/core/error.h"
@@ -9,6 +11,8 @@ namespace retro::launcher {
 
 std::vector<int64_t> parse_size_list(const std::string& text, const std::string& flag) {
   std::vector<int64_t> out;
+  // getline yields no last, empty entry for a trailing comma: look for it here.
+  RETRO_CHECK(text.empty() || text.back() != ',', "{}: empty entry in '{}'", flag, text);
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
@@ -31,6 +35,33 @@ std::vector<int64_t> parse_size_list(const std::string& text, const std::string&
   }
   RETRO_CHECK(!out.empty(), "{}: no sizes given", flag);
   return out;
+}
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  const auto mid = values.begin() + std::ptrdiff_t(values.size() / 2);
+  std::nth_element(values.begin(), mid, values.end());
+  return *mid;
+}
+
+StepTimes summarize_steps(std::span<const double> step_ms) {
+  StepTimes t;
+  if (step_ms.empty()) return t;
+  for (size_t i = 0; i < step_ms.size(); ++i) {
+    t.total_ms += step_ms[i];
+    if (step_ms[i] > t.slowest_ms) {
+      t.slowest_ms = step_ms[i];
+      t.slowest_step = i;
+    }
+  }
+  t.mean_ms = t.total_ms / double(step_ms.size());
+  std::vector<double> sorted(step_ms.begin(), step_ms.end());
+  std::sort(sorted.begin(), sorted.end());
+  t.median_ms = sorted[sorted.size() / 2];
+  // Nearest rank: the smallest value with at least 99% of the steps at or below it.
+  const size_t rank = size_t(std::ceil(0.99 * double(sorted.size())));
+  t.p99_ms = sorted[std::max<size_t>(rank, 1) - 1];
+  return t;
 }
 
 }  // namespace retro::launcher
