@@ -491,6 +491,41 @@ struct GpuModel::Impl {
     if (host_logits != nullptr) copy_logits(1, host_logits);
   }
 
+  // The override's prompt rows [0, n) become the empty slot's context without the model running
+  // over them: dense copies them into every layer's cache, wave builds every layer's index.
+  void fill_from_override(int slot, int64_t n) {
+    RETRO_CHECK(inputs_override.prompt_k != nullptr,
+                "filling a slot from the attention input override needs its prompt K/V (none is set)");
+    RETRO_CHECK(n > 0, "filling slot {} with {} tokens", slot, n);
+    check_slot(slot);
+    RETRO_CHECK(lengths[size_t(slot)] == 0, "slot {} already holds {} tokens (reset it first)", slot,
+                lengths[size_t(slot)]);
+    RETRO_CHECK_KIND(n <= max_tokens, ErrorKind::kOutOfMemory,
+                     "sequence of {} tokens does not fit the KV cache planned for {} tokens", n, max_tokens);
+    check_prompt_override(n);
+    const int64_t row = int64_t(config.num_kv_heads) * config.head_dim;
+    const void* k = inputs_override.prompt_k;
+    const void* v = inputs_override.prompt_v;
+    try {
+      for (size_t l = 0; l < layers.size(); ++l) {
+        if (wave_mode) {
+          wave_kv[l]->build(slot, k, v, n, row, stream);
+          continue;
+        }
+        const size_t offset = size_t(slot) * size_t(slot_elems) * 2, bytes = size_t(n * row) * 2;
+        RETRO_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(layers[l].k_cache.data()) + offset, k, bytes,
+                                         cudaMemcpyDeviceToDevice, stream));
+        RETRO_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(layers[l].v_cache.data()) + offset, v, bytes,
+                                         cudaMemcpyDeviceToDevice, stream));
+      }
+      RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+    } catch (...) {
+      if (wave_mode) release_wave_slot(slot);
+      throw;
+    }
+    lengths[size_t(slot)] = n;
+  }
+
   // Best effort (after an error the stream may be broken too): every layer forgets the slot.
   void release_wave_slot(int slot) noexcept {
     for (auto& kv : wave_kv) {
@@ -932,6 +967,7 @@ void GpuModel::decode_sample(std::span<const int32_t> tokens, std::span<const Sa
 }
 
 void GpuModel::set_attention_override(const AttentionInputOverride& inputs) { impl_->set_attention_override(inputs); }
+void GpuModel::fill_from_override(int slot, int64_t tokens) { impl_->fill_from_override(slot, tokens); }
 const AttentionInputOverride& GpuModel::attention_override() const { return impl_->inputs_override; }
 
 attention::cuda::WaveKvStats GpuModel::wave_stats(int batch) const {

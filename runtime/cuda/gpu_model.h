@@ -155,6 +155,12 @@ class GpuModel {
   // steps are captured again when the decode pointers change. The buffers are not in memory_plan().
   void set_attention_override(const AttentionInputOverride& inputs);
   const AttentionInputOverride& attention_override() const;
+  // Benchmarking: the override's prompt K/V rows [0, tokens) become empty `slot`'s context as if a
+  // prompt of that length had been prefilled, without running the model over it (no projections, no
+  // prompt attention, no logits): dense copies the rows into every layer's KV cache, wave builds
+  // every layer's index (and host pages) from them. For decode runs at contexts whose prefill would
+  // take minutes a sequence; prefill() measures the prompt's own cost.
+  void fill_from_override(int slot, int64_t tokens);
 
   // Wave mode (retro::Error in dense mode); each synchronises the model's stream, so call them
   // between steps.
