@@ -84,6 +84,9 @@ struct GpuModelBenchOptions {
   uint64_t seed = 1;
   int tp = 0;  // tensor-parallel ranks; 0: every process of the mpirun launch
   bool host_logits = false;  // decode: logits to the host and argmax there, instead of sampling on the GPU
+  // How each sequence's context is made: prefill (the model runs over a random prompt) or synthetic
+  // (the synthetic prompt K/V go straight into the cache or index, GpuModel::fill_from_override).
+  std::string fill = "prefill";
 };
 
 #ifdef RETRO_WITH_CUDA
@@ -268,6 +271,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   const bool wave = o.attention == "wave";
   const bool synthetic = o.workload == "synthetic";
   RETRO_CHECK(o.decode_tokens >= 1, "--decode-tokens must be >= 1, got {}", o.decode_tokens);
+  const bool fill_synthetic = o.fill == "synthetic";
+  RETRO_CHECK(!fill_synthetic || synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
+              "--workload synthetic");
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
   runtime::ModelConfig config;
@@ -329,6 +335,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     say(leader, "(host pool pinned for {} sequences of {} tokens: {} in {:.1f} s, untimed)\n\n", max_batch,
         max_context, format_bytes(model.host_pinned_bytes()), std::chrono::duration<double>(Clock::now() - a).count());
   }
+  if (fill_synthetic)
+    say(leader, "(contexts filled from the synthetic prompt K/V without the model's prefill: the prefill columns time "
+                "the fill{})\n", wave ? ", i.e. the index build and offload" : "");
   if (wave) {
     say(leader, "| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s | cache hit ratio | "
                "host MB/step | retrieved clusters/group | estimated clusters/group | retrieved tokens/group | host KV "
@@ -351,9 +360,17 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       double prefill_s = 0;
       std::vector<int32_t> next(static_cast<size_t>(bs));
       for (int s = 0; s < bs; ++s) {
+        model.reset(s);
+        if (fill_synthetic) {
+          auto a = Clock::now();
+          model.fill_from_override(s, ctx);
+          prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
+          parallel::watchdog_progress();
+          next[size_t(s)] = tok(rng);  // no prompt logits: any first token
+          continue;
+        }
         std::vector<int32_t> prompt(static_cast<size_t>(ctx));
         for (auto& t : prompt) t = tok(rng);
-        model.reset(s);
         auto a = Clock::now();
         model.prefill(s, prompt, logits.data());
         prefill_s += std::chrono::duration<double>(Clock::now() - a).count();
@@ -393,7 +410,8 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"batch", bs},                 {"prefill_s", prefill_s},
                                  {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
-                                 {"workload", o.workload}, {"host_logits", o.host_logits}};
+                                 {"workload", o.workload}, {"host_logits", o.host_logits},
+                                 {"fill", o.fill}};
       row["tp"] = world.tp;
       row["decode_ms_slowest_step"] = slowest_ms;
       row["decode_ms_median_step"] = times.median_ms;
@@ -484,6 +502,12 @@ void register_gpu_model_bench(CLI::App& bench) {
                   "Attention inputs: synthetic (the synthetic workload generator's prompt K/V and drifting queries "
                   "in place of the model's own) or random (the model's own on random tokens)")
       ->check(CLI::IsMember({"synthetic", "random"}))
+      ->capture_default_str();
+  cmd->add_option("--fill", o->fill,
+                  "How each sequence's context is made: prefill (the model runs over a random prompt; timed) or "
+                  "synthetic (the synthetic workload's prompt K/V go straight into the KV cache or wave index, "
+                  "without the model's prefill; the prefill columns then time that fill)")
+      ->check(CLI::IsMember({"prefill", "synthetic"}))
       ->capture_default_str();
   cmd->add_flag("--host-logits", o->host_logits,
                 "Decode: copy each step's logits to the host and pick the tokens there (default: on the GPU)");
