@@ -87,6 +87,7 @@ struct GpuModelBenchOptions {
   // How each sequence's context is made: prefill (the model runs over a random prompt) or synthetic
   // (the synthetic prompt K/V go straight into the cache or index, GpuModel::fill_from_override).
   std::string fill = "prefill";
+  int layers = 0;  // run the model's first N layers only (0: all): a large shape on fewer GPUs
 };
 
 #ifdef RETRO_WITH_CUDA
@@ -278,6 +279,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   auto t0 = Clock::now();
   runtime::ModelConfig config;
   auto weights = runtime::open_model(o.model, &config);
+  RETRO_CHECK(o.layers >= 0 && o.layers <= config.num_layers, "--layers {}: the model has {} layers", o.layers,
+              config.num_layers);
+  if (o.layers > 0) config.num_layers = o.layers;  // the same shape, its first o.layers layers
   // Planned before any collective, so a tp that does not fit the model fails on every rank alike.
   const runtime::ModelShard shard_plan = parallel::plan_sharding(config, world.tp, world.tp_rank).shard;
   // Allocated before the model, so that the model's check of free device memory counts them.
@@ -411,7 +415,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
                                  {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
                                  {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
                                  {"workload", o.workload}, {"host_logits", o.host_logits},
-                                 {"fill", o.fill}};
+                                 {"fill", o.fill}, {"layers", config.num_layers}};
       row["tp"] = world.tp;
       row["decode_ms_slowest_step"] = slowest_ms;
       row["decode_ms_median_step"] = times.median_ms;
@@ -503,6 +507,10 @@ void register_gpu_model_bench(CLI::App& bench) {
                   "in place of the model's own) or random (the model's own on random tokens)")
       ->check(CLI::IsMember({"synthetic", "random"}))
       ->capture_default_str();
+  cmd->add_option("--layers", o->layers,
+                  "Run only the model's first N layers (0: all), e.g. a 70B shape on fewer GPUs; per-layer costs "
+                  "are the full model's")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--fill", o->fill,
                   "How each sequence's context is made: prefill (the model runs over a random prompt; timed) or "
                   "synthetic (the synthetic workload's prompt K/V go straight into the KV cache or wave index, "
