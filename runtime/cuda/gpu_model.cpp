@@ -111,7 +111,12 @@ struct GpuModel::Impl {
   Buffer x, xn, q, attn, gate, up, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
   // Wave prefill, layer-major.
   Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
-  Buffer prompt_k, prompt_v;  // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt
+  // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt, two layers' in turn: layer l
+  // writes buffer l % 2 while layer l - 1's index is built from the other on build_stream.
+  Buffer prompt_k[2], prompt_v[2];
+  cudaStream_t build_stream = nullptr;
+  cudaEvent_t kv_written[2] = {nullptr, nullptr};  // on stream: a layer's K/V are in buffer i
+  cudaEvent_t kv_built[2] = {nullptr, nullptr};    // on build_stream: buffer i's index is built (free again)
   Buffer cache_memory;        // the cluster cache (wave_cache.h layout)
   wave::WaveCacheView cache;  // num_sets == 0: no cache
   std::vector<std::unique_ptr<wave::WaveLayerKv>> wave_kv;  // [num_layers]
@@ -443,9 +448,10 @@ struct GpuModel::Impl {
   }
 
   // Wave prefill, layer-major: for each layer, every chunk of the prompt runs through it (its K/V
-  // land in prompt_k/prompt_v and its queries attend over the prompt's rows so far), then the
-  // layer's K/V of the whole prompt are clustered into its WaveLayerKv and prompt_k/prompt_v are
-  // free for the next layer. Chunk by chunk the arithmetic is the one of the dense prefill.
+  // land in prompt_k/prompt_v[l % 2] and its queries attend over the prompt's rows so far), then the
+  // layer's K/V of the whole prompt are clustered into its WaveLayerKv on build_stream, beside the
+  // next layer's chunks, which write the other buffer. Chunk by chunk the arithmetic is the one of
+  // the dense prefill.
   void prefill_wave(int slot, std::span<const int32_t> tokens, float* host_logits) {
     const int64_t n = static_cast<int64_t>(tokens.size());
     check_step(slot, tokens.data(), n);
@@ -457,10 +463,6 @@ struct GpuModel::Impl {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nkv = c.num_kv_heads, row = nkv * d;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
-    // With an override the projections still fill prompt_k/prompt_v (their time is real), but the
-    // chunks attend over, and the index is built from, the override's rows.
-    const void* attend_k = inputs_override.prompt_k ? inputs_override.prompt_k : prompt_k.data();
-    const void* attend_v = inputs_override.prompt_v ? inputs_override.prompt_v : prompt_v.data();
     std::vector<int64_t> pos(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = i;
     try {
@@ -471,19 +473,34 @@ struct GpuModel::Impl {
       const auto* dpos = static_cast<const int64_t*>(positions.data());
       for (size_t l = 0; l < layers.size(); ++l) {
         const Layer& L = layers[l];
+        const int buf = int(l % 2);
+        // With an override the projections still fill the buffer (their time is real), but the chunks
+        // attend over, and the index is built from, the override's rows.
+        const void* attend_k = inputs_override.prompt_k ? inputs_override.prompt_k : prompt_k[buf].data();
+        const void* attend_v = inputs_override.prompt_v ? inputs_override.prompt_v : prompt_v[buf].data();
+        // Layer l - 2's build has read this buffer.
+        if (l >= 2) RETRO_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_built[buf], 0));
         for (int64_t start = 0; start < n; start += max_chunk) {
           const int64_t m = std::min(max_chunk, n - start);
           char* xs = bf(hidden) + start * h * 2;
-          attention_inputs(L, xs, m, dpos + start, bf(prompt_k) + start * row * 2, bf(prompt_v) + start * row * 2);
+          attention_inputs(L, xs, m, dpos + start, bf(prompt_k[buf]) + start * row * 2,
+                           bf(prompt_v[buf]) + start * row * 2);
           chunk_attention(attend_k, attend_v, m, start + m);
           attention_output_and_mlp(L, xs, m);
         }
-        wave_kv[l]->build(slot, attend_k, attend_v, n, row, stream);
+        // The index build and offload of layer l (k-means, writes over PCIe) run beside layer l + 1.
+        RETRO_CUDA_CHECK(cudaEventRecord(kv_written[buf], stream));
+        RETRO_CUDA_CHECK(cudaStreamWaitEvent(build_stream, kv_written[buf], 0));
+        wave_kv[l]->build(slot, attend_k, attend_v, n, row, build_stream);
+        RETRO_CUDA_CHECK(cudaEventRecord(kv_built[buf], build_stream));
       }
+      // Decode (on stream) reads every layer's index.
+      RETRO_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_built[(layers.size() - 1) % 2], 0));
       if (host_logits != nullptr) project_logits(bf(hidden) + (n - 1) * h * 2, 1);
       RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
     } catch (...) {
       // Layers built before the failure would otherwise keep the slot and refuse its next prompt.
+      cudaStreamSynchronize(build_stream);
       release_wave_slot(slot);
       throw;
     }
@@ -702,8 +719,9 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
   p.wave_kv =
       size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total();
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
-  // Residual stream, ids and positions of a max_tokens prompt; K and V of one layer.
-  p.prefill = size_t(max_tokens) * (h * 2 + 12) + 2 * size_t(max_tokens) * size_t(c.kv_size()) * 2;
+  // Residual stream, ids and positions of a max_tokens prompt; K and V of two layers (one being
+  // projected while the other's index is built).
+  p.prefill = size_t(max_tokens) * (h * 2 + 12) + 4 * size_t(max_tokens) * size_t(c.kv_size()) * 2;
   return p;
 }
 
@@ -861,8 +879,13 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
                               cudaMemcpyHostToDevice));
   if (m.wave_mode) {
     m.hidden = act(size_t(max_tokens) * size_t(h) * 2);
-    m.prompt_k = act(size_t(max_tokens) * size_t(nkv * d) * 2);
-    m.prompt_v = act(size_t(max_tokens) * size_t(nkv * d) * 2);
+    for (int i = 0; i < 2; ++i) {
+      m.prompt_k[i] = act(size_t(max_tokens) * size_t(nkv * d) * 2);
+      m.prompt_v[i] = act(size_t(max_tokens) * size_t(nkv * d) * 2);
+      RETRO_CUDA_CHECK(cudaEventCreateWithFlags(&m.kv_written[i], cudaEventDisableTiming));
+      RETRO_CUDA_CHECK(cudaEventCreateWithFlags(&m.kv_built[i], cudaEventDisableTiming));
+    }
+    RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.build_stream, cudaStreamNonBlocking));
     m.pinned = make_pinned_host_allocator(options.host_capacity_bytes);
     m.pool = std::make_unique<wave::HostPagePool>(host_page_bytes(c, options), options.host_store.chunk_bytes, *m.pinned);
     const wave::WaveCacheLayout layout = plan_cluster_cache(c, max_tokens, options);
@@ -891,6 +914,12 @@ GpuModel::~GpuModel() {
   if (!impl_) return;
   // Pinned pages and device buffers are freed below: no queued kernel may still read them.
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  if (impl_->build_stream) {
+    cudaStreamSynchronize(impl_->build_stream);
+    cudaStreamDestroy(impl_->build_stream);
+  }
+  for (cudaEvent_t e : {impl_->kv_written[0], impl_->kv_written[1], impl_->kv_built[0], impl_->kv_built[1]})
+    if (e) cudaEventDestroy(e);
   for (auto& step : impl_->steps)
     for (cudaGraphExec_t g : {step.graph, step.sampled_graph, step.greedy_graph})
       if (g) cudaGraphExecDestroy(g);
