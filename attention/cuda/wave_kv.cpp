@@ -106,10 +106,64 @@ size_t WaveLayerKvSizes::total() const {
   return t + page_tables + build;
 }
 
+namespace {
+
+// The scratch's buffers, in bytes (WaveGrowthScratch order), and its slot count.
+struct GrowthScratchSizes {
+  int max_slots = 0;
+  size_t k = 0, centroids = 0, value_sums = 0, sizes = 0, begins = 0, order = 0, mean = 0, workspace = 0;
+  size_t total() const { return 2 * k + centroids + value_sums + sizes + begins + order + mean + workspace; }
+};
+
+GrowthScratchSizes growth_scratch_sizes(const WaveKvShape& shape, const WaveIndexParams& params) {
+  params.validate();
+  GrowthScratchSizes z;
+  z.max_slots = std::max(1, std::min(shape.max_batch, kMaxGrowthSlots));
+  const int64_t groups = int64_t(z.max_slots) * shape.num_kv_heads, n = params.update_segment_tokens;
+  const int d = shape.head_dim;
+  const WaveBuildPlan plan = plan_wave_build(WaveBuildShape{int(groups), n, d, params.tokens_per_cluster,
+                                                            params.segment_tokens, params.kmeans_iterations});
+  const size_t entries = size_t(groups) * size_t(plan.num_clusters);
+  z.k = size_t(groups) * size_t(n) * size_t(d) * 2;
+  z.centroids = entries * size_t(d) * 2;
+  z.value_sums = entries * size_t(d) * 4;
+  z.sizes = entries * 4;
+  z.begins = entries * 8;
+  z.order = size_t(groups) * size_t(n) * 4;
+  z.mean = size_t(groups) * size_t(d) * 4;
+  z.workspace = plan.workspace_bytes;
+  return z;
+}
+
+}  // namespace
+
+size_t wave_growth_scratch_bytes(const WaveKvShape& shape, const WaveIndexParams& params) {
+  return growth_scratch_sizes(shape, params).total();
+}
+
+std::unique_ptr<WaveGrowthScratch> make_wave_growth_scratch(const WaveKvShape& shape, const WaveIndexParams& params,
+                                                            Allocator& device_allocator) {
+  const GrowthScratchSizes z = growth_scratch_sizes(shape, params);
+  auto s = std::make_unique<WaveGrowthScratch>();
+  s->max_slots = z.max_slots;
+  auto a = [&](size_t bytes) { return alloc(device_allocator, bytes, MemoryPurpose::kWorkspace); };
+  s->k = a(z.k);
+  s->v = a(z.k);
+  s->centroids = a(z.centroids);
+  s->value_sums = a(z.value_sums);
+  s->sizes = a(z.sizes);
+  s->begins = a(z.begins);
+  s->order = a(z.order);
+  s->mean = a(z.mean);
+  s->workspace = a(z.workspace);
+  return s;
+}
+
 WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
-                         HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers)
+                         HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers,
+                         WaveGrowthScratch* growth_scratch)
     : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
-      num_layers_(num_layers) {
+      num_layers_(num_layers), growth_(growth_scratch) {
   RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
   layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes(), num_layers);
   const WaveLayerKvSizes& z = layout_;
@@ -267,14 +321,21 @@ bool WaveLayerKv::growth_due(int slot) const {
 void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
               slots_[size_t(slot)].steady, growth_at_);
-  Slot& s = slots_[size_t(slot)];
-  const int hk = shape_.num_kv_heads, d = shape_.head_dim;
-  const int64_t row = int64_t(hk) * d;
-  const int64_t sink = params_.sink_tokens, window = params_.window_tokens, update = params_.update_segment_tokens;
+  const int64_t row = int64_t(shape_.num_kv_heads) * shape_.head_dim;
+  const int64_t sink = params_.sink_tokens, update = params_.update_segment_tokens;
   char* ks = static_cast<char*>(k_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
   char* vs = static_cast<char*>(v_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
   // The oldest `update` recent tokens become one index segment, then the window moves down.
   add_segment(slot, ks + sink * row * 2, vs + sink * row * 2, update, row, stream);
+  shift_steady(slot, stream);
+}
+
+void WaveLayerKv::shift_steady(int slot, cudaStream_t stream) {
+  Slot& s = slots_[size_t(slot)];
+  const int64_t row = int64_t(shape_.num_kv_heads) * shape_.head_dim;
+  const int64_t sink = params_.sink_tokens, window = params_.window_tokens, update = params_.update_segment_tokens;
+  char* ks = static_cast<char*>(k_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
+  char* vs = static_cast<char*>(v_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
   const int64_t keep = s.steady - sink - update;
   RETRO_CHECK(keep >= 0 && keep <= window + wave_growth_stagger(params_, layer_), "wave KV: internal: {} rows left "
               "after an update segment", keep);
@@ -288,6 +349,96 @@ void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   }
   s.steady = sink + keep;
   set_slot_counts(slot, stream);
+}
+
+void WaveLayerKv::grow(std::span<const int> slots, cudaStream_t stream) {
+  std::vector<bool> listed(size_t(shape_.max_batch), false);
+  for (int slot : slots) {
+    RETRO_CHECK(slot >= 0 && slot < shape_.max_batch, "wave KV: slot {} of {}", slot, shape_.max_batch);
+    RETRO_CHECK(!listed[size_t(slot)], "wave KV: slot {} listed twice for growth", slot);
+    listed[size_t(slot)] = true;
+    RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
+                slots_[size_t(slot)].steady, growth_at_);
+  }
+  if (slots.size() == 1) {
+    grow(slots[0], stream);
+    return;
+  }
+  if (slots.empty()) return;
+  if (growth_ == nullptr) {
+    own_growth_ = make_wave_growth_scratch(shape_, params_, *device_);
+    growth_ = own_growth_.get();
+  }
+  const size_t per_call = size_t(growth_->max_slots);
+  for (size_t at = 0; at < slots.size(); at += per_call) {
+    const std::span<const int> part = slots.subspan(at, std::min(per_call, slots.size() - at));
+    if (part.size() == 1) {
+      grow(part[0], stream);
+    } else {
+      grow_batch(part, stream);
+    }
+  }
+}
+
+void WaveLayerKv::grow_batch(std::span<const int> slots, cudaStream_t stream) {
+  const int hk = shape_.num_kv_heads, d = shape_.head_dim, m = int(slots.size());
+  const int64_t row = int64_t(hk) * d, sink = params_.sink_tokens, update = params_.update_segment_tokens;
+  RETRO_CHECK(m >= 1 && m <= growth_->max_slots && m <= kMaxGrowthSlots, "wave KV: internal: {} slots in one growth",
+              m);
+  const WaveBuildPlan plan = plan_wave_build(WaveBuildShape{m * hk, update, d, params_.tokens_per_cluster,
+                                                            params_.segment_tokens, params_.kmeans_iterations});
+  RETRO_CHECK(plan.workspace_bytes <= growth_->workspace.size(), "wave KV: internal: growth scratch of {} bytes, the "
+              "build of {} slots needs {}", growth_->workspace.size(), m, plan.workspace_bytes);
+  GrowthSlots gs;
+  gs.count = m;
+  for (int j = 0; j < m; ++j) {
+    const Slot& s = slots_[size_t(slots[size_t(j)])];
+    RETRO_CHECK_KIND(s.clusters + plan.num_clusters <= cluster_capacity_, ErrorKind::kOutOfMemory,
+                     "wave KV: slot {} needs {} clusters per head, past the {} its index was sized for",
+                     slots[size_t(j)], s.clusters + plan.num_clusters, cluster_capacity_);
+    gs.slot[j] = slots[size_t(j)];
+    gs.first_cluster[j] = s.clusters;
+    gs.row_base[j] = s.clustered;
+  }
+  // Update segment of slot j, head h -> build group j * hk + h: [update, head_dim] rows.
+  RETRO_CUDA_CHECK(gather_growth_rows(k_steady_.data(), v_steady_.data(), steady_capacity_ * row, sink, update, hk, d,
+                                      gs, growth_->k.data(), growth_->v.data(), stream));
+  const WaveBuildInputs in{growth_->k.data(), growth_->v.data(), update * d, d};
+  WaveBuildOutputs out;
+  out.centroids = growth_->centroids.data();
+  out.value_sums = ptr<float>(growth_->value_sums);
+  out.sizes = ptr<int32_t>(growth_->sizes);
+  out.cluster_begin = ptr<int64_t>(growth_->begins);
+  out.order = ptr<int32_t>(growth_->order);
+  out.mean_key = ptr<float>(growth_->mean);
+  out.cluster_capacity = plan.num_clusters;
+  run_wave_build(in, out, plan, growth_->workspace.data(), stream);
+  RETRO_CUDA_CHECK(scatter_growth_index(gs, hk, d, plan.num_clusters, out.centroids, out.value_sums, out.sizes,
+                                        out.cluster_begin, plan.num_clusters, centroids_.data(), ptr<float>(value_sums_),
+                                        ptr<int32_t>(sizes_), ptr<int64_t>(begins_), cluster_capacity_, stream));
+  for (int j = 0; j < m; ++j) {
+    const int slot = gs.slot[j];
+    Slot& s = slots_[size_t(slot)];
+    for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + update, stream);
+    // Slot j's groups in the batch: its gathered rows and their cluster order.
+    const char* kj = static_cast<const char*>(growth_->k.data()) + size_t(j) * hk * update * d * 2;
+    const char* vj = static_cast<const char*>(growth_->v.data()) + size_t(j) * hk * update * d * 2;
+    const int32_t* order = out.order + size_t(j) * hk * update;
+    if (k_scales_) {
+      // Scales from the rows of each cluster, which the scattered index entries now locate.
+      const size_t first = size_t(slot) * hk * cluster_capacity_ + size_t(s.clusters);
+      RETRO_CUDA_CHECK(store_clustered_rows_fp8(kj, vj, update * d, d, order, hk, update, d, ptr<int32_t>(sizes_) + first,
+                                                ptr<int64_t>(begins_) + first, cluster_capacity_, plan.num_clusters,
+                                                ptr<float>(k_scales_) + first, ptr<float>(v_scales_) + first,
+                                                store_->view(), slot * hk, s.clustered, stream));
+    } else {
+      RETRO_CUDA_CHECK(store_clustered_rows(kj, vj, update * d, d, order, hk, update, d, store_->view(), slot * hk,
+                                            s.clustered, stream));
+    }
+    s.clustered += update;
+    s.clusters += plan.num_clusters;
+    shift_steady(slot, stream);
+  }
 }
 
 void WaveLayerKv::check_append(int batch) const {

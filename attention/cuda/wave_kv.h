@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "attention/cuda/decode_attention.h"
@@ -86,6 +87,22 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
 // on top of sink + window + update segment.
 int64_t wave_growth_stagger(const WaveIndexParams& params, int layer);
 
+// Device scratch of a growth of several slots at once (WaveLayerKv::grow of a list): the slots'
+// update segments gathered into one batch of build groups, that build's outputs and workspace,
+// for up to max_slots slots a call. The layers of a model grow one after another on one stream, so
+// they can share one (GpuModel does); a WaveLayerKv without one makes its own on first use.
+struct WaveGrowthScratch {
+  int max_slots = 0;
+  Buffer k, v;                                  // [max_slots * kv_heads, update, head_dim] bf16
+  Buffer centroids, value_sums, sizes, begins;  // [max_slots * kv_heads, update clusters] entries
+  Buffer order, mean;                           // [groups, update] i32, [groups, head_dim] fp32
+  Buffer workspace;                             // run_wave_build's, for max_slots * kv_heads groups
+};
+// Device bytes of the scratch for `shape` (max_slots = min(max_batch, kMaxGrowthSlots)).
+size_t wave_growth_scratch_bytes(const WaveKvShape& shape, const WaveIndexParams& params);
+std::unique_ptr<WaveGrowthScratch> make_wave_growth_scratch(const WaveKvShape& shape, const WaveIndexParams& params,
+                                                            Allocator& device_allocator);
+
 class WaveLayerKv {
  public:
   // layer of num_layers sharing one cluster cache: the cache uid of a group is
@@ -93,8 +110,10 @@ class WaveLayerKv {
   // counts the prompts the slot has held, so no uid is ever reused (wave_cache.h). buffer.kv_dtype
   // (bf16 or fp8-e4m3) is the element type of the host store; the cache given to attend() must be
   // planned with the same one.
+  // growth_scratch (may be null; must outlive this object) serves grow() of several slots.
   WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
-              HostPagePool& pool, Allocator& device_allocator, int layer = 0, int num_layers = 1);
+              HostPagePool& pool, Allocator& device_allocator, int layer = 0, int num_layers = 1,
+              WaveGrowthScratch* growth_scratch = nullptr);
   ~WaveLayerKv();
   WaveLayerKv(const WaveLayerKv&) = delete;
   WaveLayerKv& operator=(const WaveLayerKv&) = delete;
@@ -123,6 +142,10 @@ class WaveLayerKv {
   // Clusters the oldest update_segment_tokens of the slot's recent tokens as one new index segment
   // and moves them to the host store, keeping the last window_tokens in the steady zone.
   void grow(int slot, cudaStream_t stream);
+  // The same for every listed slot (each due, none twice), their update segments clustered by one
+  // build per kMaxGrowthSlots slots: a decode step where many slots cross a segment together costs
+  // one build, not one per slot. The result equals growing them one by one.
+  void grow(std::span<const int> slots, cudaStream_t stream);
 
   // Wave attention of one decode query per slot [0, batch) (after append): q [batch, num_q_heads,
   // head_dim] bf16 -> out (same shape) bf16; lse [batch, num_q_heads] fp32 natural log, may be null.
@@ -163,6 +186,9 @@ class WaveLayerKv {
   void check_append(int batch) const;
   void add_segment(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream);
   void set_slot_counts(int slot, cudaStream_t stream);
+  // After a slot's update segment went to the index: the kept recent rows move down in the steady zone.
+  void shift_steady(int slot, cudaStream_t stream);
+  void grow_batch(std::span<const int> slots, cudaStream_t stream);
   const WaveSelectPlan& select_plan(int batch);
   const WaveRetrievePlan& retrieve_plan(int batch);
   const DecodeAttentionPlan& steady_plan(int batch);
@@ -191,6 +217,8 @@ class WaveLayerKv {
   std::vector<std::unique_ptr<WaveRetrievePlan>> retrieve_plans_;
   std::vector<std::unique_ptr<DecodeAttentionPlan>> steady_plans_;
   cudaEvent_t select_event_ = nullptr;
+  WaveGrowthScratch* growth_ = nullptr;  // shared, or own_growth_
+  std::unique_ptr<WaveGrowthScratch> own_growth_;
 };
 
 }  // namespace retro::attention::cuda

@@ -151,6 +151,41 @@ __global__ void iota_i64_kernel(int64_t* dst, int64_t count, int64_t first) {
   if (i < count) dst[i] = first + i;
 }
 
+// One CTA per (row, build group); 16 bytes a thread.
+__global__ void gather_growth_rows_kernel(const uint4* __restrict__ k_steady, const uint4* __restrict__ v_steady,
+                                          int64_t slot_vecs, int64_t row0, int64_t n, int heads, int vecs,
+                                          const GrowthSlots slots, uint4* dst_k, uint4* dst_v) {
+  const int64_t r = blockIdx.x;
+  const int g = blockIdx.y, j = g / heads, h = g % heads;
+  const int64_t src = int64_t(slots.slot[j]) * slot_vecs + ((row0 + r) * heads + h) * vecs;
+  const int64_t dst = (int64_t(g) * n + r) * vecs;
+  for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+    dst_k[dst + i] = k_steady[src + i];
+    dst_v[dst + i] = v_steady[src + i];
+  }
+}
+
+// One CTA per (cluster, build group); a thread per element of the centroid and value-sum rows.
+__global__ void scatter_growth_index_kernel(const GrowthSlots slots, int heads, int head_dim,
+                                            const __nv_bfloat16* __restrict__ src_centroids,
+                                            const float* __restrict__ src_value_sums, const int32_t* __restrict__ src_sizes,
+                                            const int64_t* __restrict__ src_begins, int64_t src_capacity,
+                                            __nv_bfloat16* centroids, float* value_sums, int32_t* sizes, int64_t* begins,
+                                            int64_t capacity) {
+  const int64_t c = blockIdx.x;
+  const int g = blockIdx.y, j = g / heads, h = g % heads;
+  const int64_t src = int64_t(g) * src_capacity + c;
+  const int64_t dst = (int64_t(slots.slot[j]) * heads + h) * capacity + slots.first_cluster[j] + c;
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    centroids[dst * head_dim + i] = src_centroids[src * head_dim + i];
+    value_sums[dst * head_dim + i] = src_value_sums[src * head_dim + i];
+  }
+  if (threadIdx.x == 0) {
+    sizes[dst] = src_sizes[src];
+    begins[dst] = src_begins[src] + slots.row_base[j];
+  }
+}
+
 unsigned blocks(int64_t items, int per_block) { return unsigned((items + per_block - 1) / per_block); }
 
 }  // namespace
@@ -203,6 +238,33 @@ cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity,
   if (groups < 0 || count < 0) return cudaErrorInvalidValue;
   if (groups == 0 || count == 0 || add == 0) return cudaSuccess;
   offset_begins_kernel<<<dim3(blocks(count, 256), unsigned(groups)), 256, 0, stream>>>(begins, capacity, count, add);
+  return cudaGetLastError();
+}
+
+cudaError_t gather_growth_rows(const void* k_steady, const void* v_steady, int64_t slot_stride, int64_t row0,
+                               int64_t n, int heads, int head_dim, const GrowthSlots& slots, void* dst_k, void* dst_v,
+                               cudaStream_t stream) {
+  if (slots.count < 0 || slots.count > kMaxGrowthSlots || heads <= 0 || head_dim % 8 != 0 || slot_stride % 8 != 0 ||
+      n < 0 || row0 < 0 || int64_t(slots.count) * heads > 65535)
+    return cudaErrorInvalidValue;
+  if (slots.count == 0 || n == 0) return cudaSuccess;
+  gather_growth_rows_kernel<<<dim3(unsigned(n), unsigned(slots.count * heads)), 32, 0, stream>>>(
+      static_cast<const uint4*>(k_steady), static_cast<const uint4*>(v_steady), slot_stride / 8, row0, n, heads,
+      head_dim / 8, slots, static_cast<uint4*>(dst_k), static_cast<uint4*>(dst_v));
+  return cudaGetLastError();
+}
+
+cudaError_t scatter_growth_index(const GrowthSlots& slots, int heads, int head_dim, int64_t clusters,
+                                 const void* src_centroids, const float* src_value_sums, const int32_t* src_sizes,
+                                 const int64_t* src_begins, int64_t src_capacity, void* centroids, float* value_sums,
+                                 int32_t* sizes, int64_t* begins, int64_t capacity, cudaStream_t stream) {
+  if (slots.count < 0 || slots.count > kMaxGrowthSlots || heads <= 0 || head_dim <= 0 || clusters < 0 ||
+      clusters > src_capacity || clusters > 65535 || int64_t(slots.count) * heads > 65535)
+    return cudaErrorInvalidValue;
+  if (slots.count == 0 || clusters == 0) return cudaSuccess;
+  scatter_growth_index_kernel<<<dim3(unsigned(clusters), unsigned(slots.count * heads)), 128, 0, stream>>>(
+      slots, heads, head_dim, static_cast<const __nv_bfloat16*>(src_centroids), src_value_sums, src_sizes, src_begins,
+      src_capacity, static_cast<__nv_bfloat16*>(centroids), value_sums, sizes, begins, capacity);
   return cudaGetLastError();
 }
 

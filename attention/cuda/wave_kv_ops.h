@@ -43,6 +43,32 @@ cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64
 cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity, int64_t count, int64_t add,
                                   cudaStream_t stream);
 
+// The slots of one batched growth call (gather_growth_rows, scatter_growth_index), passed by value.
+inline constexpr int kMaxGrowthSlots = 32;
+struct GrowthSlots {
+  int count = 0;
+  int32_t slot[kMaxGrowthSlots] = {};
+  int64_t first_cluster[kMaxGrowthSlots] = {};  // the slot's index entries (per KV head) before this growth
+  int64_t row_base[kMaxGrowthSlots] = {};       // the slot's host-store rows (per KV head) before this growth
+};
+
+// Gathers the update segments of the listed slots into one batch of build groups: rows
+// [row0, row0 + n) of slot s's steady zone (token-major [rows, heads, head_dim] bf16, slot_stride
+// elements between slots) -> dst [count * heads, n, head_dim], group j * heads + h being head h of
+// slots.slot[j]. K and V.
+cudaError_t gather_growth_rows(const void* k_steady, const void* v_steady, int64_t slot_stride, int64_t row0,
+                               int64_t n, int heads, int head_dim, const GrowthSlots& slots, void* dst_k, void* dst_v,
+                               cudaStream_t stream);
+
+// Scatters the index entries of a batched build into the slots' index: clusters [0, clusters) of
+// build group j * heads + h (entries at src_capacity strides) -> entries first_cluster[j] + c of index
+// group slots.slot[j] * heads + h (capacity strides); centroids bf16 and value_sums fp32 rows of
+// head_dim, sizes, and begins with row_base[j] added (the rows the slot held before).
+cudaError_t scatter_growth_index(const GrowthSlots& slots, int heads, int head_dim, int64_t clusters,
+                                 const void* src_centroids, const float* src_value_sums, const int32_t* src_sizes,
+                                 const int64_t* src_begins, int64_t src_capacity, void* centroids, float* value_sums,
+                                 int32_t* sizes, int64_t* begins, int64_t capacity, cudaStream_t stream);
+
 // dst[i] = value for i in [0, count).
 cudaError_t fill_i32(int32_t* dst, int64_t count, int32_t value, cudaStream_t stream);
 // dst[i] = first + i for i in [0, count).

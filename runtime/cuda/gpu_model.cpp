@@ -120,6 +120,7 @@ struct GpuModel::Impl {
   Buffer cache_memory;        // the cluster cache (wave_cache.h layout)
   wave::WaveCacheView cache;  // num_sets == 0: no cache
   std::vector<std::unique_ptr<wave::WaveLayerKv>> wave_kv;  // [num_layers]
+  std::unique_ptr<wave::WaveGrowthScratch> growth_scratch;    // shared by the layers (max_batch > 1)
   // Pinned host staging of a decode step: read and written by copies inside the captured graph.
   int32_t* h_tokens = nullptr;  // [max_batch]
   int64_t* h_pos = nullptr;     // [max_batch]
@@ -564,10 +565,15 @@ struct GpuModel::Impl {
 
   // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
   // to the host store, none of which a captured step may do.
+  // The slots of a layer that are due together grow in one build.
   void grow_due_segments(int batch) {
-    for (auto& kv : wave_kv)
+    std::vector<int> due;
+    for (auto& kv : wave_kv) {
+      due.clear();
       for (int b = 0; b < batch; ++b)
-        if (kv->growth_due(b)) kv->grow(b, stream);
+        if (kv->growth_due(b)) due.push_back(b);
+      if (!due.empty()) kv->grow(due, stream);
+    }
   }
 
   // WaveLayerKv advances the host copy of its steady-zone counts (which decide when grow() is due)
@@ -716,8 +722,10 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
     return p;
   }
   const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
+  // Every layer's, and one growth scratch all layers share (they grow one after another).
   p.wave_kv =
-      size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total();
+      size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total() +
+      (max_batch > 1 ? wave::wave_growth_scratch_bytes(shape, o.wave) : 0);
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
   // Residual stream, ids and positions of a max_tokens prompt; K and V of two layers (one being
   // projected while the other's index is built).
@@ -894,9 +902,10 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
       m.cache = wave::init_wave_cache(layout, m.cache_memory.data(), m.stream);
     }
     const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
+    if (max_batch > 1) m.growth_scratch = wave::make_wave_growth_scratch(shape, options.wave, *m.allocator);
     for (int l = 0; l < c.num_layers; ++l)
       m.wave_kv.push_back(std::make_unique<wave::WaveLayerKv>(shape, options.wave, options.buffer, *m.pool,
-                                                              *m.allocator, l, c.num_layers));
+                                                              *m.allocator, l, c.num_layers, m.growth_scratch.get()));
     // The plan counts WaveLayerKv's allocations (plan_wave_layer_kv) and its build workspace before
     // first use: say so if they ever drift apart.
     size_t allocated = 0;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <numeric>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "runtime/core/dtype.h"
+#include "runtime/core/error.h"
 #include "runtime/core/system_info.h"
 #include "tests/gpu_test_support.h"
 
@@ -557,6 +559,129 @@ TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
 
 INSTANTIATE_TEST_SUITE_P(Cache, WaveKvFp8Gpu, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "small_cache" : "no_cache"; });
+
+// grow() of a list of slots (one build for all of them, then the index entries scattered to each
+// slot) against grow() of each slot alone: two WaveLayerKv see the same prompts, appends and queries;
+// every prefilled slot starts with the same steady zone, so slots 0-2 cross update segments in the
+// same steps, and slot 3, refilled at step 50, alone. Budgets below 1 make the output depend on every centroid, value sum and (fp8) scale;
+// the two must agree bit for bit at every step.
+class WaveKvGrowthGpu : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override { RETRO_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(WaveKvGrowthGpu, SlotsGrownTogetherEqualSlotsGrownOneByOne) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  constexpr int hq = 8, hk = 2, d = 128, batch = 4;
+  constexpr int64_t row = int64_t(hk) * d;
+  WaveIndexParams params = full_retrieval_params();
+  params.retrieval_budget = 0.25;
+  params.estimation_budget = 0.5;
+  cuda::WaveBufferParams buffer = small_cache(GetParam());
+  auto pinned = make_pinned_host_allocator();
+  auto device = make_device_allocator(0);
+  cuda::HostPagePool pool(size_t(256) * d * 2, size_t(4) << 20, *pinned);
+  const cuda::WaveKvShape shape{batch, hq, hk, d, 4000};
+  cuda::WaveLayerKv alone(shape, params, buffer, pool, *device);
+  cuda::WaveLayerKv together(shape, params, buffer, pool, *device);
+  const cuda::WaveCacheView no_cache{};
+
+  std::vector<float> sink;  // values appended to nothing
+  auto upload = [](const std::vector<bf16>& h) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, h.size() * 2), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    return p;
+  };
+  auto prefill = [&](int b, int64_t n) {
+    void* k = upload(random_rows(rng, n, row, &sink));
+    void* v = upload(random_rows(rng, n, row, &sink));
+    alone.build(b, k, v, n, row, nullptr);
+    together.build(b, k, v, n, row, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cudaFree(k);
+    cudaFree(v);
+  };
+  for (int b = 0; b < batch; ++b) prefill(b, b < 3 ? 1500 : 1100);
+  void *dq, *dk, *dv, *out_a, *out_b;
+  float *lse_a, *lse_b;
+  const size_t q_bytes = size_t(batch) * hq * d * 2;
+  ASSERT_EQ(cudaMalloc(&dq, q_bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dk, size_t(batch) * row * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dv, size_t(batch) * row * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&out_a, q_bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&out_b, q_bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&lse_a, size_t(batch) * hq * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&lse_b, size_t(batch) * hq * 4), cudaSuccess);
+  int joint_growths = 0, growths = 0;
+  std::vector<bf16> oa(size_t(batch) * hq * d), ob(oa.size());
+  std::vector<float> la(size_t(batch) * hq), lb(la.size());
+  for (int step = 0; step < 300 && !HasFatalFailure(); ++step) {
+    if (step == 50) {
+      alone.release(3, nullptr);
+      together.release(3, nullptr);
+      prefill(3, 900);
+    }
+    std::vector<int> due;
+    for (int b = 0; b < batch; ++b)
+      if (alone.growth_due(b)) {
+        ASSERT_TRUE(together.growth_due(b)) << "step " << step << " slot " << b;
+        alone.grow(b, nullptr);
+        due.push_back(b);
+      }
+    if (!due.empty()) together.grow(due, nullptr);
+    growths += int(due.size());
+    joint_growths += due.size() > 1 ? 1 : 0;
+    const std::vector<bf16> kn = random_rows(rng, batch, row, &sink), vn = random_rows(rng, batch, row, &sink);
+    const std::vector<bf16> q = random_rows(rng, batch, int64_t(hq) * d, &sink);
+    sink.clear();
+    ASSERT_EQ(cudaMemcpy(dk, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dv, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemset(out_a, 0xFF, q_bytes), cudaSuccess);
+    ASSERT_EQ(cudaMemset(out_b, 0xFF, q_bytes), cudaSuccess);
+    alone.append(dk, dv, batch, nullptr);
+    together.append(dk, dv, batch, nullptr);
+    const float scale = 1.0f / std::sqrt(float(d));
+    alone.attend(dq, out_a, lse_a, batch, scale, no_cache, nullptr);
+    together.attend(dq, out_b, lse_b, batch, scale, no_cache, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(oa.data(), out_a, q_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(ob.data(), out_b, q_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(la.data(), lse_a, la.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(lb.data(), lse_b, lb.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (size_t i = 0; i < oa.size(); ++i) {
+      ASSERT_FALSE(std::isnan(bf16_to_float(oa[i]))) << "step " << step << " element " << i;
+      ASSERT_EQ(oa[i].bits, ob[i].bits) << "step " << step << " element " << i;
+    }
+    ASSERT_EQ(0, std::memcmp(la.data(), lb.data(), la.size() * 4)) << "step " << step;
+  }
+  for (int b = 0; b < batch; ++b) {
+    EXPECT_EQ(alone.num_clusters(b), together.num_clusters(b)) << "slot " << b;
+    EXPECT_EQ(alone.clustered_tokens(b), together.clustered_tokens(b)) << "slot " << b;
+    EXPECT_EQ(alone.steady_tokens(b), together.steady_tokens(b)) << "slot " << b;
+    EXPECT_EQ(alone.cluster_scales(b, false, nullptr), together.cluster_scales(b, false, nullptr)) << "slot " << b;
+    EXPECT_EQ(alone.cluster_scales(b, true, nullptr), together.cluster_scales(b, true, nullptr)) << "slot " << b;
+  }
+  EXPECT_GE(joint_growths, 2);  // slots 0-2 crossed segments together
+  EXPECT_GE(growths, 7);        // and slot 3 alone
+  for (void* p : {dq, dk, dv, out_a, out_b, static_cast<void*>(lse_a), static_cast<void*>(lse_b)}) cudaFree(p);
+  // Misuse: a slot listed twice, a slot that is not due.
+  const std::vector<int> twice = {0, 0};
+  EXPECT_THROW(together.grow(twice, nullptr), retro::Error);
+  for (int b = 0; b < batch; ++b)
+    if (!together.growth_due(b)) {
+      const std::vector<int> not_due = {b};
+      EXPECT_THROW(together.grow(not_due, nullptr), retro::Error) << "slot " << b;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(HostKv, WaveKvGrowthGpu, ::testing::Values(DType::kBF16, DType::kFP8E4M3),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return i.param == DType::kBF16 ? "bf16" : "fp8";
+                         });
 
 #else
 TEST(WaveKvGpu, NeedsACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
