@@ -220,13 +220,16 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
 #pragma unroll
       for (int r = 0; r < 2; ++r) tile_max[r] *= scale_log2;  // -inf stays -inf (scale > 0)
       float corr[2];
+      bool max_moved = false;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
         const float m_new = fmaxf(m_run[mt][r], tile_max[r]);
         const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
-        corr[r] = fast_exp2(m_run[mt][r] - m_ref);
+        const bool moved = m_new != m_run[mt][r];
+        corr[r] = moved ? fast_exp2(m_run[mt][r] - m_ref) : 1.0f;
+        max_moved |= moved;
         m_run[mt][r] = m_new;
         tile_max[r] = m_ref;
       }
@@ -242,12 +245,16 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
       }
 #pragma unroll
       for (int r = 0; r < 2; ++r) l_run[mt][r] = l_run[mt][r] * corr[r] + row_sum[r];  // quad partial
+      // Past the first tiles a row's maximum seldom moves: the accumulators are rescaled only when
+      // some row of the warp's m-tile moved (corr is exactly 1 for the others).
+      if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
-      for (int j = 0; j < kNTilesO; ++j) {
-        o[mt][j][0] *= corr[0];
-        o[mt][j][1] *= corr[0];
-        o[mt][j][2] *= corr[1];
-        o[mt][j][3] *= corr[1];
+        for (int j = 0; j < kNTilesO; ++j) {
+          o[mt][j][0] *= corr[0];
+          o[mt][j][1] *= corr[0];
+          o[mt][j][2] *= corr[1];
+          o[mt][j][3] *= corr[1];
+        }
       }
     }
     // O += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step);
