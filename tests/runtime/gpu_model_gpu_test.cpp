@@ -129,6 +129,24 @@ TEST_F(NeedleModelGpu, CapturedDecodeStepEqualsEagerLaunches) {
   EXPECT_EQ(model_->length(), eager.length());
 }
 
+// The reference prompts (short, 1k, 4k) into slots 0-2 of models a and b, their last logits into
+// rows 0-2 of la and lb; returns each slot's greedy next token by a's logits.
+std::vector<int32_t> prefill_reference_prompts(const SafetensorsFile& reference, cuda::GpuModel& a, float* la,
+                                               cuda::GpuModel& b, float* lb) {
+  const size_t vocab = static_cast<size_t>(a.config().vocab_size);
+  std::vector<int32_t> tokens;
+  int s = 0;
+  for (const char* name : {"ids_short", "ids_1k", "ids_4k"}) {
+    Tensor t = reference.mapped(name);
+    const std::vector<int32_t> prompt(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
+    a.prefill(s, prompt, la + size_t(s) * vocab);
+    b.prefill(s, prompt, lb + size_t(s) * vocab);
+    tokens.push_back(argmax(std::span<const float>(la + size_t(s) * vocab, vocab)));
+    ++s;
+  }
+  return tokens;
+}
+
 // decode_sample picks, on the GPU, the token the host sampler picks from the same step's logits:
 // one slot greedy, one with temperature and top-k, one with temperature and top-p, each fed its own
 // uniform stream; captured and eager steps. Two models run in lockstep on the same tokens, one
@@ -148,17 +166,9 @@ void expect_device_sampling_matches_the_host_sampler(bool use_cuda_graph) {
       {}, {.temperature = 0.8f, .top_k = 40, .seed = 11}, {.temperature = 1.0f, .top_p = 0.9f, .seed = 12}};
   std::vector<Sampler> streams;
   for (const SamplingParams& p : params) streams.emplace_back(p);
-  std::vector<float> logits(3 * vocab);
-  std::vector<int32_t> tokens(3);
-  int s = 0;
-  for (const char* name : {"ids_short", "ids_1k", "ids_4k"}) {
-    Tensor t = reference.mapped(name);
-    const std::vector<int32_t> prompt(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
-    with_logits.prefill(s, prompt, logits.data() + size_t(s) * vocab);
-    sampling.prefill(s, prompt, logits.data() + size_t(s) * vocab);
-    tokens[size_t(s)] = argmax(std::span<const float>(logits.data() + size_t(s) * vocab, vocab));
-    ++s;
-  }
+  std::vector<float> logits(3 * vocab), sampling_logits(3 * vocab);
+  std::vector<int32_t> tokens =
+      prefill_reference_prompts(reference, with_logits, logits.data(), sampling, sampling_logits.data());
   int boundary_cases = 0;
   for (int step = 0; step < 24; ++step) {
     std::vector<double> uniforms(3, 0.0);
@@ -677,9 +687,6 @@ TEST_F(NeedleModelGpu, AttentionInputOverrideReplacesWhatAttentionReadsEagerLaun
   expect_override_replaces_attention_inputs(false);
 }
 
-#else
-TEST(NeedleModelGpu, NeedsACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
-#endif
 
 // swap_slots moves sequences between slots: after swapping slots 0 and 2 (and slot 1 with an empty
 // slot 3 and back), a model decodes the same sequences in the swapped order and gives the same
@@ -692,16 +699,7 @@ void expect_swapped_slots_decode_the_same(const cuda::GpuModelOptions& options) 
   cuda::GpuModel swapped(config, *weights, 0, /*max_tokens=*/4200, options);
   const size_t vocab = static_cast<size_t>(config.vocab_size);
   std::vector<float> a(3 * vocab), b(3 * vocab);
-  std::vector<int32_t> tokens(3);
-  int s = 0;
-  for (const char* name : {"ids_short", "ids_1k", "ids_4k"}) {
-    Tensor t = reference.mapped(name);
-    const std::vector<int32_t> prompt(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
-    straight.prefill(s, prompt, a.data() + size_t(s) * vocab);
-    swapped.prefill(s, prompt, b.data() + size_t(s) * vocab);
-    tokens[size_t(s)] = argmax(std::span<const float>(a.data() + size_t(s) * vocab, vocab));
-    ++s;
-  }
+  std::vector<int32_t> tokens = prefill_reference_prompts(reference, straight, a.data(), swapped, b.data());
   swapped.swap_slots(0, 2);
   swapped.swap_slots(1, 3);  // with an empty slot, and back
   EXPECT_EQ(swapped.length(1), 0);
@@ -802,6 +800,10 @@ TEST_F(NeedleModelGpu, FilledSlotDecodesLikeAPrefilledOneWithWaveAttention) {
   // two builds; an index built from other rows would be far off.
   expect_fill_decodes_like_prefill(full_retrieval_wave(2, /*use_cuda_graph=*/true), 1e-2f);
 }
+
+#else
+TEST(NeedleModelGpu, NeedsACudaBuild) { GTEST_SKIP() << "built without CUDA"; }
+#endif
 
 }  // namespace
 }  // namespace retro::runtime
