@@ -45,7 +45,9 @@ namespace wave = attention::cuda;
 enum class LogitsOut { kHost, kSampled, kGreedy };
 
 struct Layer {
-  Buffer input_norm, post_norm, wq, wk, wv, wo, bq, bk, bv, bo, w_gate, w_up, w_down, b_gate, b_up, b_down;
+  // Q, K and V projections stacked into one [(q_heads + 2 kv_heads) head_dim, hidden] weight (and
+  // bias), gate and up into one [2 intermediate, hidden]: one GEMM each.
+  Buffer input_norm, post_norm, wqkv, wo, bqkv, bo, w_gate_up, w_down, b_gate_up, b_down;
   Buffer k_cache, v_cache;  // dense: [max_batch, max_tokens, kv_heads, head_dim] bf16
 };
 
@@ -108,7 +110,7 @@ struct GpuModel::Impl {
   // Workspaces for max_chunk tokens (ids and positions: wave mode, a whole prompt).
   // logits: [max_batch, vocab_chunk] fp32, this shard's vocabulary rows; gathered: [tp, max_batch,
   // vocab_chunk], every rank's (tp > 1).
-  Buffer x, xn, q, attn, gate, up, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
+  Buffer x, xn, q, attn, qkv, gate_up, mlp, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
   // Wave prefill, layer-major.
   Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
   // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt, two layers' in turn: layer l
@@ -187,6 +189,20 @@ struct GpuModel::Impl {
     return b;
   }
 
+  // The named tensors stacked along their first dimension into one device buffer (in order).
+  Buffer upload_stacked(const WeightSource& w, std::initializer_list<std::string> names) {
+    size_t total = 0;
+    for (const std::string& name : names) total += size_t(weight_shapes.at(name).numel());
+    Buffer b = allocator->allocate(total * 2, MemoryPurpose::kWeights);
+    size_t at = 0;
+    for (const std::string& name : names) {
+      const Buffer part = upload_weight(w, name);
+      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(b.data()) + at, part.data(), part.size(), cudaMemcpyDeviceToDevice));
+      at += part.size();
+    }
+    return b;
+  }
+
   // y[n, out] (bf16) = x[n, in] (bf16) @ w[out, in]^T, + beta * y; fp32 accumulation. Rows of y
   // are ldy elements apart (0: out).
   void gemm(const void* xp, int64_t n, int64_t in, const void* w, int64_t out, void* y, float beta,
@@ -248,16 +264,9 @@ struct GpuModel::Impl {
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     const auto* inv = static_cast<const float*>(inv_freq.data());
     RETRO_CUDA_CHECK(rms_norm(xp, L.input_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
-    gemm(xn.data(), n, h, L.wq.data(), nq * d, q.data(), 0.0f);
-    gemm(xn.data(), n, h, L.wk.data(), nkv * d, k_rows, 0.0f);
-    gemm(xn.data(), n, h, L.wv.data(), nkv * d, v_rows, 0.0f);
-    if (L.bq) {
-      RETRO_CUDA_CHECK(add_bias(q.data(), L.bq.data(), n, nq * d, stream));
-      RETRO_CUDA_CHECK(add_bias(k_rows, L.bk.data(), n, nkv * d, stream));
-      RETRO_CUDA_CHECK(add_bias(v_rows, L.bv.data(), n, nkv * d, stream));
-    }
-    RETRO_CUDA_CHECK(rope(q.data(), pos, inv, attention_scaling, n, int(nq), int(d), int(d), stream));
-    RETRO_CUDA_CHECK(rope(k_rows, pos, inv, attention_scaling, n, int(nkv), int(d), int(d), stream));
+    gemm(xn.data(), n, h, L.wqkv.data(), (nq + 2 * nkv) * d, qkv.data(), 0.0f);
+    RETRO_CUDA_CHECK(qkv_split_rope(qkv.data(), L.bqkv ? L.bqkv.data() : nullptr, q.data(), k_rows, v_rows, pos, inv,
+                                    attention_scaling, n, int(nq), int(nkv), int(d), int(d), stream));
   }
 
   // The rest of a layer after attention wrote attn [n, q_heads, head_dim]: xp [n, hidden] += O
@@ -269,14 +278,10 @@ struct GpuModel::Impl {
     reduce_residual(xp, n);
     if (L.bo) RETRO_CUDA_CHECK(add_bias(xp, L.bo.data(), n, h, stream));
     RETRO_CUDA_CHECK(rms_norm(xp, L.post_norm.data(), xn.data(), n, h, c.rms_norm_eps, stream));
-    gemm(xn.data(), n, h, L.w_gate.data(), f, gate.data(), 0.0f);
-    gemm(xn.data(), n, h, L.w_up.data(), f, up.data(), 0.0f);
-    if (L.b_gate) {
-      RETRO_CUDA_CHECK(add_bias(gate.data(), L.b_gate.data(), n, f, stream));
-      RETRO_CUDA_CHECK(add_bias(up.data(), L.b_up.data(), n, f, stream));
-    }
-    RETRO_CUDA_CHECK(silu_mul(gate.data(), up.data(), gate.data(), n * f, stream));
-    gemm(gate.data(), n, f, L.w_down.data(), h, xp, residual_beta());  // x += mlp
+    gemm(xn.data(), n, h, L.w_gate_up.data(), 2 * f, gate_up.data(), 0.0f);
+    if (L.b_gate_up) RETRO_CUDA_CHECK(add_bias(gate_up.data(), L.b_gate_up.data(), n, 2 * f, stream));
+    RETRO_CUDA_CHECK(silu_mul_fused(gate_up.data(), mlp.data(), n, f, stream));
+    gemm(mlp.data(), n, f, L.w_down.data(), h, xp, residual_beta());  // x += mlp
     reduce_residual(xp, n);
     if (L.b_down) RETRO_CUDA_CHECK(add_bias(xp, L.b_down.data(), n, h, stream));
   }
@@ -715,7 +720,8 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
   const size_t h = size_t(c.hidden_size), q = size_t(c.q_size()), f = size_t(c.intermediate_size);
   // Own block (+ the gathered ones and their [max_batch, vocab] arrangement for device sampling).
   const size_t logit_blocks = shard.is_whole() ? 1 : size_t(shard.tp) + 2;
-  p.activations = rows * (2 * h + 2 * q + 2 * f) * 2 + logit_blocks * size_t(max_batch) * size_t(shard.vocab_chunk) * 4 +
+  const size_t qkv = q + 2 * size_t(c.kv_size());  // the fused Q/K/V projection's row
+  p.activations = rows * (2 * h + 2 * q + qkv + 3 * f) * 2 + logit_blocks * size_t(max_batch) * size_t(shard.vocab_chunk) * 4 +
                   rows * 12 + (size_t(32) << 20);  // + cuBLAS workspace
   if (o.attention == attention::AttentionMode::kDense) {
     p.kv_cache = 2 * size_t(c.num_layers) * size_t(max_batch) * size_t(max_tokens) * size_t(c.kv_size()) * 2;
@@ -820,22 +826,17 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
     auto up = [&](const std::string& n) { return m.upload_weight(weights, p + n); };
     L.input_norm = up("input_layernorm.weight");
     L.post_norm = up("post_attention_layernorm.weight");
-    L.wq = up("self_attn.q_proj.weight");
-    L.wk = up("self_attn.k_proj.weight");
-    L.wv = up("self_attn.v_proj.weight");
+    auto stacked = [&](const char* a, const char* b, const char* c3) {
+      return c3 ? m.upload_stacked(weights, {p + a, p + b, p + c3}) : m.upload_stacked(weights, {p + a, p + b});
+    };
+    L.wqkv = stacked("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight");
     L.wo = up("self_attn.o_proj.weight");
-    if (c.attention_bias) {
-      L.bq = up("self_attn.q_proj.bias");
-      L.bk = up("self_attn.k_proj.bias");
-      L.bv = up("self_attn.v_proj.bias");
-    }
+    if (c.attention_bias) L.bqkv = stacked("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias");
     if (c.attention_out_bias) L.bo = up("self_attn.o_proj.bias");
-    L.w_gate = up("mlp.gate_proj.weight");
-    L.w_up = up("mlp.up_proj.weight");
+    L.w_gate_up = stacked("mlp.gate_proj.weight", "mlp.up_proj.weight", nullptr);
     L.w_down = up("mlp.down_proj.weight");
     if (c.mlp_bias) {
-      L.b_gate = up("mlp.gate_proj.bias");
-      L.b_up = up("mlp.up_proj.bias");
+      L.b_gate_up = stacked("mlp.gate_proj.bias", "mlp.up_proj.bias", nullptr);
       L.b_down = up("mlp.down_proj.bias");
     }
     if (!m.wave_mode) {
@@ -853,8 +854,9 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   m.xn = act(size_t(chunk * h) * 2);
   m.q = act(size_t(chunk * nq * d) * 2);
   m.attn = act(size_t(chunk * nq * d) * 2);
-  m.gate = act(size_t(chunk * f) * 2);
-  m.up = act(size_t(chunk * f) * 2);
+  m.qkv = act(size_t(chunk * (nq + 2 * nkv) * d) * 2);
+  m.gate_up = act(size_t(chunk * 2 * f) * 2);
+  m.mlp = act(size_t(chunk * f) * 2);
   m.logits = act(size_t(max_batch) * size_t(shard.vocab_chunk) * 4);
   if (!shard.is_whole()) {
     m.gathered = act(size_t(shard.tp) * size_t(max_batch) * size_t(shard.vocab_chunk) * 4);

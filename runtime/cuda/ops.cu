@@ -41,6 +41,30 @@ cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cud
   return cudaGetLastError();
 }
 
+cudaError_t silu_mul_fused(const void* gate_up, void* out, int64_t n, int64_t f, cudaStream_t stream) {
+  if (n < 0 || f <= 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  kernels::silu_mul_fused_kernel<<<grid_for(n * f, 256), 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(gate_up), static_cast<__nv_bfloat16*>(out), n, f);
+  return cudaGetLastError();
+}
+
+cudaError_t qkv_split_rope(const void* qkv, const void* bias, void* q, void* k, void* v, const int64_t* positions,
+                           const float* inv_freq, float attention_scaling, int64_t n, int nq, int nkv, int head_dim,
+                           int rotary_dim, cudaStream_t stream) {
+  if (n < 0 || nq <= 0 || nkv <= 0 || head_dim <= 0 || rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0)
+    return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const int64_t blocks = n * (nq + 2 * nkv);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  const int threads = head_dim / 2 < 32 ? 32 : (head_dim / 2 > 128 ? 128 : head_dim / 2);
+  kernels::qkv_split_rope_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(qkv), static_cast<const __nv_bfloat16*>(bias), static_cast<__nv_bfloat16*>(q),
+      static_cast<__nv_bfloat16*>(k), static_cast<__nv_bfloat16*>(v), positions, inv_freq, attention_scaling, nq, nkv,
+      head_dim, rotary_dim);
+  return cudaGetLastError();
+}
+
 cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStream_t stream) {
   if (n < 0 || dim <= 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;

@@ -67,6 +67,52 @@ __global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* 
   }
 }
 
+__global__ void silu_mul_fused_kernel(const __nv_bfloat16* __restrict__ gate_up, __nv_bfloat16* __restrict__ out,
+                                      int64_t n, int64_t f) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * f; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / f, c = i % f;
+    const float g = __bfloat162float(gate_up[r * 2 * f + c]);
+    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(gate_up[r * 2 * f + f + c]));
+  }
+}
+
+// bf16(x + bias) as add_bias rounds it; no bias: x.
+__device__ __forceinline__ __nv_bfloat16 with_bias(__nv_bfloat16 x, const __nv_bfloat16* bias, int64_t i) {
+  return bias == nullptr ? x : __float2bfloat16(__bfloat162float(x) + __bfloat162float(bias[i]));
+}
+
+// One block per (token, head of the fused row): Q and K heads rotated as rope_kernel does, V copied.
+__global__ void qkv_split_rope_kernel(const __nv_bfloat16* __restrict__ qkv, const __nv_bfloat16* __restrict__ bias,
+                                      __nv_bfloat16* __restrict__ q, __nv_bfloat16* __restrict__ k,
+                                      __nv_bfloat16* __restrict__ v, const int64_t* __restrict__ positions,
+                                      const float* __restrict__ inv_freq, float attention_scaling, int nq, int nkv,
+                                      int head_dim, int rotary_dim) {
+  const int heads = nq + 2 * nkv;
+  const int64_t token = blockIdx.x / heads;
+  const int head = int(blockIdx.x % heads);
+  const __nv_bfloat16* src = qkv + int64_t(blockIdx.x) * head_dim;
+  const __nv_bfloat16* b = bias == nullptr ? nullptr : bias + int64_t(head) * head_dim;
+  __nv_bfloat16* dst = head < nq        ? q + (token * nq + head) * head_dim
+                       : head < nq + nkv ? k + (token * nkv + head - nq) * head_dim
+                                         : v + (token * nkv + head - nq - nkv) * head_dim;
+  if (head >= nq + nkv) {
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) dst[i] = with_bias(src[i], b, i);
+    return;
+  }
+  const int half = rotary_dim / 2;
+  const float pos = float(positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    c *= attention_scaling;
+    s *= attention_scaling;
+    const float x0 = __bfloat162float(with_bias(src[i], b, i)), x1 = __bfloat162float(with_bias(src[i + half], b, i + half));
+    dst[i] = __float2bfloat16(x0 * c - x1 * s);
+    dst[i + half] = __float2bfloat16(x1 * c + x0 * s);
+  }
+  for (int i = rotary_dim + threadIdx.x; i < head_dim; i += blockDim.x) dst[i] = with_bias(src[i], b, i);
+}
+
 __global__ void add_bias_kernel(__nv_bfloat16* y, const __nv_bfloat16* __restrict__ bias, int64_t n, int64_t dim) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * dim; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % dim]));

@@ -25,6 +25,19 @@ cudaError_t rope(void* x, const int64_t* positions, const float* inv_freq, float
 // out[i] = silu(gate[i]) * up[i] for n values (SwiGLU); all bf16, out may alias gate.
 cudaError_t silu_mul(const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
 
+// The same over fused gate/up projection rows: gate_up [n, 2 * f] holds a row's gate in its first f
+// values and its up in the last f; out [n, f] (must not alias gate_up).
+cudaError_t silu_mul_fused(const void* gate_up, void* out, int64_t n, int64_t f, cudaStream_t stream);
+
+// Splits fused QKV projection rows into Q, K and V, as add_bias then rope() on the parts would:
+//   qkv   [n, nq + 2 * nkv, head_dim] bf16: a token's Q heads, then its K heads, then its V heads
+//   bias  [(nq + 2 * nkv) * head_dim] bf16 or null; each value becomes bf16(qkv + bias) first
+//   q     [n, nq, head_dim], k and v [n, nkv, head_dim] bf16, Q and K rotated (rotate-half on the
+//         first rotary_dim values, angles as rope())
+cudaError_t qkv_split_rope(const void* qkv, const void* bias, void* q, void* k, void* v, const int64_t* positions,
+                           const float* inv_freq, float attention_scaling, int64_t n, int nq, int nkv, int head_dim,
+                           int rotary_dim, cudaStream_t stream);
+
 // y[n, dim] += bias[dim] (bf16).
 cudaError_t add_bias(void* y, const void* bias, int64_t n, int64_t dim, cudaStream_t stream);
 

@@ -147,6 +147,67 @@ TEST_F(CudaOps, SiluMulMatchesTheCpuTwin) {
   EXPECT_LT(rel_l2(download_bf16(dout, size_t(n)), gf), kBf16Tolerance);
 }
 
+// The fused projection's split: with and without biases, head_dim 128 and 64; the CPU twin adds the
+// bias in bf16 (as add_bias rounds it) and rotates Q and K with RopeTable::apply.
+TEST_F(CudaOps, QkvSplitRopeMatchesBiasThenRopeOnTheCpu) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (const int d : {128, 64}) {
+    for (const bool with_bias : {false, true}) {
+      ModelConfig c;
+      c.head_dim = d;
+      c.rope_theta = 500000.0f;
+      RopeTable table(c);
+      const int64_t n = 13;
+      const int nq = 8, nkv = 2, heads = nq + 2 * nkv;
+      std::vector<float> xf, bf;
+      auto x = random_bf16(size_t(n * heads * d), 2.0f, &xf);
+      auto b = random_bf16(size_t(heads * d), 0.5f, &bf);
+      std::vector<int64_t> pos(static_cast<size_t>(n));
+      std::uniform_int_distribution<int64_t> p(0, 1 << 17);
+      for (auto& v : pos) v = p(rng_);
+      auto* dq = poisoned<bf16>(size_t(n * nq * d));
+      auto* dk = poisoned<bf16>(size_t(n * nkv * d));
+      auto* dv = poisoned<bf16>(size_t(n * nkv * d));
+      ASSERT_CUDA(cuda::qkv_split_rope(upload(x), with_bias ? upload(b) : nullptr, dq, dk, dv, upload(pos),
+                                       upload(table.inv_freq()), table.attention_scaling(), n, nq, nkv, d,
+                                       table.rotary_dim(), nullptr));
+      std::vector<float> q(size_t(n * nq * d)), k(size_t(n * nkv * d)), v(k.size());
+      for (int64_t t = 0; t < n; ++t)
+        for (int h = 0; h < heads; ++h)
+          for (int i = 0; i < d; ++i) {
+            const size_t at = (size_t(t) * heads + h) * d + i;
+            const float value = with_bias ? bf16_to_float(float_to_bf16(xf[at] + bf[size_t(h * d + i)])) : xf[at];
+            if (h < nq) q[(size_t(t) * nq + h) * d + i] = value;
+            else if (h < nq + nkv) k[(size_t(t) * nkv + h - nq) * d + i] = value;
+            else v[(size_t(t) * nkv + h - nq - nkv) * d + i] = value;
+          }
+      table.apply(q.data(), n, nq, d, pos.data());
+      table.apply(k.data(), n, nkv, d, pos.data());
+      const std::string what = "head_dim " + std::to_string(d) + (with_bias ? " with bias" : "");
+      EXPECT_LT(rel_l2(download_bf16(dq, q.size()), q), kBf16Tolerance) << what;
+      EXPECT_LT(rel_l2(download_bf16(dk, k.size()), k), kBf16Tolerance) << what;
+      EXPECT_EQ(download_bf16(dv, v.size()), v) << what;  // V is only split (and biased)
+    }
+  }
+}
+
+TEST_F(CudaOps, SiluMulOverFusedGateUpRowsMatchesTheCpuTwin) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const int64_t n = 5, f = 14336 + 8;
+  std::vector<float> guf;
+  auto gu = random_bf16(size_t(n * 2 * f), 3.0f, &guf);
+  auto* dout = poisoned<bf16>(size_t(n * f));
+  ASSERT_CUDA(cuda::silu_mul_fused(upload(gu), dout, n, f, nullptr));
+  std::vector<float> want;
+  for (int64_t r = 0; r < n; ++r) {
+    std::vector<float> g(guf.begin() + r * 2 * f, guf.begin() + r * 2 * f + f), u(guf.begin() + r * 2 * f + f,
+                                                                                  guf.begin() + (r + 1) * 2 * f);
+    ops::silu_mul(g.data(), u.data(), f);
+    want.insert(want.end(), g.begin(), g.end());
+  }
+  EXPECT_LT(rel_l2(download_bf16(dout, size_t(n * f)), want), kBf16Tolerance);
+}
+
 TEST_F(CudaOps, EmbeddingCopiesRowsAndFlagsBadIds) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   const int64_t vocab = 1000, hidden = 320, n = 9;
