@@ -176,7 +176,8 @@ struct GpuModel::Impl {
   // The shapes this model (or shard) expects of each weight, by name.
   std::unordered_map<std::string, Shape> weight_shapes;
 
-  Buffer upload_weight(const WeightSource& w, const std::string& name) {
+  // Reads the named tensor (checked against the shape this model expects) into dst on the device.
+  void upload_weight_to(const WeightSource& w, const std::string& name, void* dst) {
     WeightInfo info = w.info(name);
     const Shape& want = weight_shapes.at(name);
     RETRO_CHECK_KIND(info.shape == want, ErrorKind::kInvalidInput,
@@ -184,10 +185,10 @@ struct GpuModel::Impl {
                      want.str());
     std::vector<bf16> host(static_cast<size_t>(info.shape.numel()));
     w.read(name, Tensor(host.data(), DType::kBF16, info.shape));
-    Buffer b = allocator->allocate(host.size() * 2, MemoryPurpose::kWeights);
-    RETRO_CUDA_CHECK(cudaMemcpy(b.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
-    return b;
+    RETRO_CUDA_CHECK(cudaMemcpy(dst, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
   }
+
+  Buffer upload_weight(const WeightSource& w, const std::string& name) { return upload_stacked(w, {name}); }
 
   // The named tensors stacked along their first dimension into one device buffer (in order).
   Buffer upload_stacked(const WeightSource& w, std::initializer_list<std::string> names) {
@@ -196,9 +197,8 @@ struct GpuModel::Impl {
     Buffer b = allocator->allocate(total * 2, MemoryPurpose::kWeights);
     size_t at = 0;
     for (const std::string& name : names) {
-      const Buffer part = upload_weight(w, name);
-      RETRO_CUDA_CHECK(cudaMemcpy(static_cast<char*>(b.data()) + at, part.data(), part.size(), cudaMemcpyDeviceToDevice));
-      at += part.size();
+      upload_weight_to(w, name, static_cast<char*>(b.data()) + at);
+      at += size_t(weight_shapes.at(name).numel()) * 2;
     }
     return b;
   }
