@@ -502,7 +502,7 @@ void add_model_bench_options(CLI::App* cmd, const std::shared_ptr<GpuModelBenchO
       ->capture_default_str();
   if (decode) {
     cmd->add_option("--decode-tokens", o->decode_tokens, "Greedy decode steps timed after the prompts (0: prefill only)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(CLI::Range(0, 1 << 24))
         ->capture_default_str();
     cmd->add_flag("--eager", o->eager, "Launch the decode step's kernels one by one instead of replaying a CUDA graph");
     cmd->add_flag("--host-logits", o->host_logits,
