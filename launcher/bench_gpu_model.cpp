@@ -535,7 +535,7 @@ void add_model_bench_options(CLI::App* cmd, const std::shared_ptr<GpuModelBenchO
   cmd->add_option("--layers", o->layers,
                   "Run only the model's first N layers (0: all), e.g. a 70B shape on fewer GPUs; per-layer costs "
                   "are the full model's")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--fill", o->fill,
                   "How each sequence's context is made: prefill (the model runs over a random prompt; timed) or "
                   "synthetic (the synthetic workload's prompt K/V go straight into the KV cache or wave index, "
@@ -545,7 +545,7 @@ void add_model_bench_options(CLI::App* cmd, const std::shared_ptr<GpuModelBenchO
   cmd->add_option("--tp", o->tp,
                   "Tensor-parallel GPUs per model, one mpirun rank each (default: every process of the mpirun "
                   "launch, 1 without mpirun)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 16));
   cmd->add_option("--seed", o->seed, "Synthetic workload seed")->capture_default_str();
   cmd->callback([o] {
 #ifdef RETRO_WITH_CUDA
