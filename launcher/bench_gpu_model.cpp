@@ -255,16 +255,7 @@ void say(bool leader, fmt::format_string<T...> format, T&&... args) {
 }
 
 void run_gpu_model_bench(const GpuModelBenchOptions& o) {
-  auto gpus = query_gpus();
-  RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
-                   query_cuda_runtime().error);
-  const parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.tp);
-  RETRO_CHECK_KIND(world.local_device >= 0 && world.local_device < int(gpus.size()), ErrorKind::kUnsupported,
-                   "rank {} has no GPU of its own ({} visible to {} ranks of this node)", world.rank, gpus.size(),
-                   world.local_size);
-  const int device = world.local_device;
-  RETRO_CUDA_CHECK(cudaSetDevice(device));
-  const bool leader = world.is_world_leader();  // prints; every rank runs the same steps
+  // The options first: a bad command line is refused before any device is touched.
   std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
   std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
   const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
@@ -278,6 +269,16 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   const bool fill_synthetic = o.fill == "synthetic";
   RETRO_CHECK(!fill_synthetic || synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
               "--workload synthetic");
+  auto gpus = query_gpus();
+  RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
+                   query_cuda_runtime().error);
+  const parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.tp);
+  RETRO_CHECK_KIND(world.local_device >= 0 && world.local_device < int(gpus.size()), ErrorKind::kUnsupported,
+                   "rank {} has no GPU of its own ({} visible to {} ranks of this node)", world.rank, gpus.size(),
+                   world.local_size);
+  const int device = world.local_device;
+  RETRO_CUDA_CHECK(cudaSetDevice(device));
+  const bool leader = world.is_world_leader();  // prints; every rank runs the same steps
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
   runtime::ModelConfig config;
