@@ -255,6 +255,20 @@ void say(bool leader, fmt::format_string<T...> format, T&&... args) {
 }
 
 void run_gpu_model_bench(const GpuModelBenchOptions& o) {
+  // The options first: a bad command line is refused before any device is touched.
+  std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
+  std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
+  const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
+  const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
+  const bool wave = o.attention == "wave";
+  const bool synthetic = o.workload == "synthetic";
+  RETRO_CHECK(o.decode_tokens >= 0, "--decode-tokens must be >= 0, got {}", o.decode_tokens);
+  const bool decode = o.decode_tokens > 0;  // 0: prefill only (bench prefill)
+  // Positions a sequence reaches: its prompt, then the warm-up and timed decode steps.
+  const int64_t decode_rows = decode ? kWarmupSteps + o.decode_tokens : 0;
+  const bool fill_synthetic = o.fill == "synthetic";
+  RETRO_CHECK(!fill_synthetic || synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
+              "--workload synthetic");
   auto gpus = query_gpus();
   RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
                    query_cuda_runtime().error);
@@ -265,16 +279,6 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   const int device = world.local_device;
   RETRO_CUDA_CHECK(cudaSetDevice(device));
   const bool leader = world.is_world_leader();  // prints; every rank runs the same steps
-  std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
-  std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
-  const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
-  const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
-  const bool wave = o.attention == "wave";
-  const bool synthetic = o.workload == "synthetic";
-  RETRO_CHECK(o.decode_tokens >= 1, "--decode-tokens must be >= 1, got {}", o.decode_tokens);
-  const bool fill_synthetic = o.fill == "synthetic";
-  RETRO_CHECK(!fill_synthetic || synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
-              "--workload synthetic");
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
   runtime::ModelConfig config;
@@ -291,7 +295,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     inputs = std::make_unique<SyntheticAttentionInputs>(runtime::shard_config(config, shard_plan), max_context,
                                                         max_batch, o.seed, *input_memory);
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
-  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + kWarmupSteps + o.decode_tokens,
+  parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + decode_rows,
                                 gpu_options(o, max_batch));
   runtime::cuda::GpuModel& model = shard.model();
   say(leader, "model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
@@ -335,14 +339,17 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
     // Steady state of a server: its pinned host pool has grown once, at start (cudaHostAlloc of new
     // chunks is a one-time cost, reported separately), and later prompts reuse the pages.
     auto a = Clock::now();
-    model.reserve_host_kv(max_batch, max_context + kWarmupSteps + o.decode_tokens);
+    model.reserve_host_kv(max_batch, max_context + decode_rows);
     say(leader, "(host pool pinned for {} sequences of {} tokens: {} in {:.1f} s, untimed)\n\n", max_batch,
         max_context, format_bytes(model.host_pinned_bytes()), std::chrono::duration<double>(Clock::now() - a).count());
   }
   if (fill_synthetic)
     say(leader, "(contexts filled from the synthetic prompt K/V without the model's prefill: the prefill columns time "
                 "the fill{})\n", wave ? ", i.e. the index build and offload" : "");
-  if (wave) {
+  if (!decode) {
+    say(leader, "| context | batch | prefill s | prefill tokens/s |\n");
+    say(leader, "|---|---|---|---|\n");
+  } else if (wave) {
     say(leader, "| context | batch | prefill s | prefill tokens/s | decode ms/step | decode tokens/s | cache hit ratio | "
                "host MB/step | retrieved clusters/group | estimated clusters/group | retrieved tokens/group | host KV "
                "GiB |\n");
@@ -381,6 +388,18 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         parallel::watchdog_progress();
         next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data(), vocab));
       }
+      const double prefill_tps = double(ctx * bs) / prefill_s;
+      if (!decode) {
+        say(leader, "| {} | {} | {:.3f} | {:.0f} |\n", ctx, bs, prefill_s, prefill_tps);
+        nlohmann::ordered_json row{{"bench", "prefill"}, {"backend", "cuda"}, {"attention", o.attention},
+                                   {"model", o.model}, {"device", gpus[size_t(device)].name}, {"context", ctx},
+                                   {"batch", bs}, {"prefill_s", prefill_s}, {"prefill_tokens_per_s", prefill_tps},
+                                   {"fill", o.fill}, {"layers", config.num_layers}, {"tp", world.tp}};
+        if (wave) row["host_kv"] = o.host_kv;
+        std::fflush(stdout);
+        if (json && leader) *json << row.dump() << "\n";
+        continue;
+      }
       const int warmup = kWarmupSteps, steps = warmup + o.decode_tokens;
       if (synthetic) inputs->plan_decode(int(bs), steps);
       // Cache counters are read before and after the timed steps, never inside one; synthetic inputs
@@ -407,7 +426,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       const StepTimes times = summarize_steps(step_times);
       const double decode_ms = times.total_ms, slowest_ms = times.slowest_ms;
       const double step_ms = decode_ms / o.decode_tokens;
-      const double prefill_tps = double(ctx * bs) / prefill_s, decode_tps = double(bs) * 1e3 / step_ms;
+      const double decode_tps = double(bs) * 1e3 / step_ms;
       nlohmann::ordered_json row{{"bench", "model"},          {"backend", "cuda"},
                                  {"attention", o.attention},    {"model", o.model},
                                  {"device", gpus[size_t(device)].name}, {"context", ctx},
@@ -472,18 +491,25 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
 
 }  // namespace
 
-void register_gpu_model_bench(CLI::App& bench) {
-  auto o = std::make_shared<GpuModelBenchOptions>();
-  CLI::App* cmd = bench.add_subcommand(
-      "model", "End-to-end prefill and batched decode speed with dense or wave attention on the GPU (alias: decode)");
-  cmd->alias("decode");
+namespace {
+
+// The options of `bench model` (and of `bench prefill`, which has no decode steps); the callback
+// keeps `o`.
+void add_model_bench_options(CLI::App* cmd, const std::shared_ptr<GpuModelBenchOptions>& o, bool decode) {
   cmd->add_option("--model", o->model, "Model: directory, .gguf file or preset:NAME")->capture_default_str();
   cmd->add_option("--backend", o->backend, "Backend (cuda)")->check(CLI::IsMember({"cuda"}))->capture_default_str();
   cmd->add_option("--context", o->contexts, "Prompt lengths, e.g. 8k,32k")->capture_default_str();
-  cmd->add_option("--batch", o->batches, "Sequences decoded together, e.g. 1,4,8")->capture_default_str();
-  cmd->add_option("--decode-tokens", o->decode_tokens, "Greedy decode steps timed after the prompts")->capture_default_str();
+  cmd->add_option("--batch", o->batches, decode ? "Sequences decoded together, e.g. 1,4,8" : "Prompts per row, e.g. 1,4")
+      ->capture_default_str();
+  if (decode) {
+    cmd->add_option("--decode-tokens", o->decode_tokens, "Greedy decode steps timed after the prompts (0: prefill only)")
+        ->check(CLI::Range(0, 1 << 24))
+        ->capture_default_str();
+    cmd->add_flag("--eager", o->eager, "Launch the decode step's kernels one by one instead of replaying a CUDA graph");
+    cmd->add_flag("--host-logits", o->host_logits,
+                  "Decode: copy each step's logits to the host and pick the tokens there (default: on the GPU)");
+  }
   cmd->add_option("--chunk", o->chunk, "Prefill chunk (tokens per step)")->capture_default_str();
-  cmd->add_flag("--eager", o->eager, "Launch the decode step's kernels one by one instead of replaying a CUDA graph");
   cmd->add_option("--json-out", o->json_out, "Append one JSON line per row to this file");
   cmd->add_option("--attention", o->attention, "Attention: dense or wave")
       ->check(CLI::IsMember({"dense", "wave"}))
@@ -510,19 +536,17 @@ void register_gpu_model_bench(CLI::App& bench) {
   cmd->add_option("--layers", o->layers,
                   "Run only the model's first N layers (0: all), e.g. a 70B shape on fewer GPUs; per-layer costs "
                   "are the full model's")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--fill", o->fill,
                   "How each sequence's context is made: prefill (the model runs over a random prompt; timed) or "
                   "synthetic (the synthetic workload's prompt K/V go straight into the KV cache or wave index, "
                   "without the model's prefill; the prefill columns then time that fill)")
       ->check(CLI::IsMember({"prefill", "synthetic"}))
       ->capture_default_str();
-  cmd->add_flag("--host-logits", o->host_logits,
-                "Decode: copy each step's logits to the host and pick the tokens there (default: on the GPU)");
   cmd->add_option("--tp", o->tp,
                   "Tensor-parallel GPUs per model, one mpirun rank each (default: every process of the mpirun "
                   "launch, 1 without mpirun)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 16));
   cmd->add_option("--seed", o->seed, "Synthetic workload seed")->capture_default_str();
   cmd->callback([o] {
 #ifdef RETRO_WITH_CUDA
@@ -531,6 +555,22 @@ void register_gpu_model_bench(CLI::App& bench) {
     RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench model --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");
 #endif
   });
+}
+
+}  // namespace
+
+void register_gpu_model_bench(CLI::App& bench) {
+  auto model = std::make_shared<GpuModelBenchOptions>();
+  add_model_bench_options(
+      bench.add_subcommand("model", "End-to-end prefill and batched decode speed with dense or wave attention on "
+                                    "the GPU (alias: decode)")
+          ->alias("decode"),
+      model, /*decode=*/true);
+  auto prefill = std::make_shared<GpuModelBenchOptions>();
+  prefill->decode_tokens = 0;
+  add_model_bench_options(bench.add_subcommand("prefill", "End-to-end prefill speed with dense or wave attention on "
+                                                          "the GPU (bench model without decode steps)"),
+                          prefill, /*decode=*/false);
 }
 
 }  // namespace retro::launcher

@@ -53,7 +53,7 @@ void add_tp_option(CLI::App& cmd, ModelOptions& o) {
   cmd.add_option("--tp", o.tp,
                  "Tensor-parallel ranks per model: each holds a slice of the heads and weights "
                  "(default: every process of the mpirun launch, 1 without mpirun)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 16));
 }
 
 LoadedModel load_model(const ModelOptions& o) {
