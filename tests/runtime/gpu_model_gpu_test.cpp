@@ -529,6 +529,7 @@ class DeviceRows {
   DeviceRows(const DeviceRows&) = delete;
   DeviceRows& operator=(const DeviceRows&) = delete;
   const void* get() const { return ptr_; }
+  size_t size() const { return elems_; }
   // Complete on return: the models' streams wait for no other stream.
   void upload(const std::vector<float>& x) {
     ASSERT_EQ(x.size(), elems_);
@@ -541,6 +542,27 @@ class DeviceRows {
  private:
   void* ptr_ = nullptr;
   size_t elems_;
+};
+
+// A synthetic workload of the model's shape (plain RoPE) and its first `tokens` K/V rows on the device.
+struct SyntheticPrompt {
+  static attention::SyntheticParams params(const ModelConfig& config, int64_t tokens, uint64_t seed) {
+    attention::SyntheticParams sp;
+    sp.shape = attention::AttentionShape{config.num_heads, config.num_kv_heads, config.head_dim};
+    sp.context_tokens = tokens;
+    sp.rope_theta = config.rope_theta;
+    sp.seed = seed;
+    return sp;
+  }
+  SyntheticPrompt(const ModelConfig& config, int64_t tokens, uint64_t seed)
+      : workload(params(config, tokens, seed)), k(size_t(tokens) * size_t(config.kv_size())), v(k.size()) {
+    std::vector<float> kf(k.size()), vf(v.size());
+    workload.next_kv(tokens, kf.data(), vf.data());
+    k.upload(kf);
+    v.upload(vf);
+  }
+  attention::SyntheticWorkload workload;  // its state after the prompt
+  DeviceRows k, v;
 };
 
 // The attention input override (the benchmark's synthetic workload) in both modes. Three models see the
@@ -576,17 +598,10 @@ void expect_override_replaces_attention_inputs(bool use_cuda_graph) {
                                       argmax(std::span<const float>(plain.data() + vocab, vocab))};
   dense.decode(first, plain_step.data());
 
-  attention::SyntheticParams sp;
-  sp.shape = attention::AttentionShape{config.num_heads, config.num_kv_heads, config.head_dim};
-  sp.context_tokens = kPrompt;
-  sp.rope_theta = config.rope_theta;
-  sp.seed = 7;
-  attention::SyntheticWorkload workload(sp);
-  std::vector<float> kf(size_t(kPrompt) * row), vf(kf.size());
-  workload.next_kv(kPrompt, kf.data(), vf.data());
-  DeviceRows prompt_k(kf.size()), prompt_v(vf.size()), q(2 * q_row), k(2 * row), v(2 * row);
-  prompt_k.upload(kf);
-  prompt_v.upload(vf);
+  SyntheticPrompt synthetic(config, kPrompt, /*seed=*/7);
+  attention::SyntheticWorkload& workload = synthetic.workload;
+  const DeviceRows &prompt_k = synthetic.k, &prompt_v = synthetic.v;
+  DeviceRows q(2 * q_row), k(2 * row), v(2 * row);
   if (::testing::Test::HasFatalFailure()) return;
   cuda::AttentionInputOverride prompt_inputs;
   prompt_inputs.prompt_k = prompt_k.get();
@@ -748,18 +763,9 @@ void expect_fill_decodes_like_prefill(const cuda::GpuModelOptions& options, floa
   ASSERT_GE(ids_t.numel(), kPrompt);
   const std::vector<int32_t> prompt(ids_t.data_as<int32_t>(), ids_t.data_as<int32_t>() + kPrompt);
   cuda::GpuModel model(config, *weights, 0, /*max_tokens=*/4096, options);
-  const size_t vocab = static_cast<size_t>(config.vocab_size), row = size_t(config.kv_size());
-  attention::SyntheticParams sp;
-  sp.shape = attention::AttentionShape{config.num_heads, config.num_kv_heads, config.head_dim};
-  sp.context_tokens = kPrompt;
-  sp.rope_theta = config.rope_theta;
-  sp.seed = 11;
-  attention::SyntheticWorkload workload(sp);
-  std::vector<float> kf(size_t(kPrompt) * row), vf(kf.size());
-  workload.next_kv(kPrompt, kf.data(), vf.data());
-  DeviceRows prompt_k(kf.size()), prompt_v(vf.size());
-  prompt_k.upload(kf);
-  prompt_v.upload(vf);
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  const SyntheticPrompt synthetic(config, kPrompt, /*seed=*/11);
+  const DeviceRows &prompt_k = synthetic.k, &prompt_v = synthetic.v;
   if (::testing::Test::HasFatalFailure()) return;
 
   std::vector<float> logits(2 * vocab, NAN);
