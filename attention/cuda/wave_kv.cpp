@@ -108,7 +108,7 @@ size_t WaveLayerKvSizes::total() const {
 
 namespace {
 
-// The scratch's buffers, in bytes (WaveGrowthScratch order), and its slot count.
+// The growth buffers of the scratch, in bytes, and its slot count.
 struct GrowthScratchSizes {
   int max_slots = 0;
   size_t k = 0, centroids = 0, value_sums = 0, sizes = 0, begins = 0, order = 0, mean = 0, workspace = 0;
@@ -141,29 +141,39 @@ size_t wave_growth_scratch_bytes(const WaveKvShape& shape, const WaveIndexParams
   return growth_scratch_sizes(shape, params).total();
 }
 
-std::unique_ptr<WaveGrowthScratch> make_wave_growth_scratch(const WaveKvShape& shape, const WaveIndexParams& params,
-                                                            Allocator& device_allocator) {
-  const GrowthScratchSizes z = growth_scratch_sizes(shape, params);
-  auto s = std::make_unique<WaveGrowthScratch>();
-  s->max_slots = z.max_slots;
-  auto a = [&](size_t bytes) { return alloc(device_allocator, bytes, MemoryPurpose::kWorkspace); };
-  s->k = a(z.k);
-  s->v = a(z.k);
-  s->centroids = a(z.centroids);
-  s->value_sums = a(z.value_sums);
-  s->sizes = a(z.sizes);
-  s->begins = a(z.begins);
-  s->order = a(z.order);
-  s->mean = a(z.mean);
-  s->workspace = a(z.workspace);
-  return s;
+size_t WaveKvScratch::bytes() const {
+  size_t total = 0;
+  for (const Buffer* b : {&build_workspace, &build_order, &build_mean, &k, &v, &centroids, &value_sums, &sizes, &begins,
+                          &order, &mean, &workspace})
+    total += b->size();
+  return total;
+}
+
+void WaveLayerKv::allocate_growth_scratch() {
+  const GrowthScratchSizes z = growth_scratch_sizes(shape_, params_);
+  WaveKvScratch& s = *scratch_;
+  auto a = [&](size_t bytes) { return alloc(*device_, bytes, MemoryPurpose::kWorkspace); };
+  s.k = a(z.k);
+  s.v = a(z.k);
+  s.centroids = a(z.centroids);
+  s.value_sums = a(z.value_sums);
+  s.sizes = a(z.sizes);
+  s.begins = a(z.begins);
+  s.order = a(z.order);
+  s.mean = a(z.mean);
+  s.workspace = a(z.workspace);
+  s.growth_slots = z.max_slots;
 }
 
 WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
                          HostPagePool& pool, Allocator& device_allocator, int layer, int num_layers,
-                         WaveGrowthScratch* growth_scratch)
+                         WaveKvScratch* scratch)
     : shape_(shape), params_(params), buffer_(buffer), device_(&device_allocator), layer_(layer),
-      num_layers_(num_layers), growth_(growth_scratch) {
+      num_layers_(num_layers), scratch_(scratch) {
+  if (scratch_ == nullptr) {
+    own_scratch_ = std::make_unique<WaveKvScratch>();
+    scratch_ = own_scratch_.get();
+  }
   RETRO_CHECK(num_layers > 0 && layer >= 0 && layer < num_layers, "wave KV: layer {} of {}", layer, num_layers);
   layout_ = plan_wave_layer_kv(shape, params_, buffer, pool.page_bytes(), num_layers);
   const WaveLayerKvSizes& z = layout_;
@@ -234,15 +244,16 @@ void WaveLayerKv::add_segment(int slot, const void* k, const void* v, int64_t n,
   RETRO_CHECK_KIND(s.clusters + plan.num_clusters <= cluster_capacity_, ErrorKind::kOutOfMemory,
                    "wave KV: slot {} needs {} clusters per head, past the {} its index was sized for", slot,
                    s.clusters + plan.num_clusters, cluster_capacity_);
-  if (build_ws_.size() < plan.workspace_bytes) {
-    build_ws_.reset();
-    build_ws_ = alloc(*device_, plan.workspace_bytes, MemoryPurpose::kWorkspace);
-  }
-  if (build_order_.size() < size_t(hk) * n * 4) {
-    build_order_.reset();
-    build_order_ = alloc(*device_, size_t(hk) * n * 4, MemoryPurpose::kWorkspace);
-  }
-  if (build_mean_.size() < size_t(hk) * d * 4) build_mean_ = alloc(*device_, size_t(hk) * d * 4, MemoryPurpose::kWorkspace);
+  // Grown to this build's size (a larger buffer's allocation waits for the device: between steps).
+  WaveKvScratch& w = *scratch_;
+  auto fit = [&](Buffer& b, size_t bytes) {
+    if (b.size() >= bytes) return;
+    b.reset();
+    b = alloc(*device_, bytes, MemoryPurpose::kWorkspace);
+  };
+  fit(w.build_workspace, plan.workspace_bytes);
+  fit(w.build_order, size_t(hk) * n * 4);
+  fit(w.build_mean, size_t(hk) * d * 4);
 
   const size_t first = size_t(slot) * hk * cluster_capacity_ + size_t(s.clusters);
   WaveBuildInputs in{k, v, d, stride_token};
@@ -251,10 +262,10 @@ void WaveLayerKv::add_segment(int slot, const void* k, const void* v, int64_t n,
   out.value_sums = ptr<float>(value_sums_) + first * d;
   out.sizes = ptr<int32_t>(sizes_) + first;
   out.cluster_begin = ptr<int64_t>(begins_) + first;
-  out.order = ptr<int32_t>(build_order_);
-  out.mean_key = ptr<float>(build_mean_);
+  out.order = ptr<int32_t>(w.build_order);
+  out.mean_key = ptr<float>(w.build_mean);
   out.cluster_capacity = cluster_capacity_;
-  run_wave_build(in, out, plan, build_ws_.data(), stream);
+  run_wave_build(in, out, plan, w.build_workspace.data(), stream);
   RETRO_CUDA_CHECK(offset_cluster_begins(out.cluster_begin, hk, cluster_capacity_, plan.num_clusters, s.clustered, stream));
   for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + n, stream);
   if (k_scales_) {
@@ -365,11 +376,8 @@ void WaveLayerKv::grow(std::span<const int> slots, cudaStream_t stream) {
     return;
   }
   if (slots.empty()) return;
-  if (growth_ == nullptr) {
-    own_growth_ = make_wave_growth_scratch(shape_, params_, *device_);
-    growth_ = own_growth_.get();
-  }
-  const size_t per_call = size_t(growth_->max_slots);
+  if (scratch_->growth_slots == 0) allocate_growth_scratch();
+  const size_t per_call = size_t(scratch_->growth_slots);
   for (size_t at = 0; at < slots.size(); at += per_call) {
     const std::span<const int> part = slots.subspan(at, std::min(per_call, slots.size() - at));
     if (part.size() == 1) {
@@ -383,12 +391,13 @@ void WaveLayerKv::grow(std::span<const int> slots, cudaStream_t stream) {
 void WaveLayerKv::grow_batch(std::span<const int> slots, cudaStream_t stream) {
   const int hk = shape_.num_kv_heads, d = shape_.head_dim, m = int(slots.size());
   const int64_t row = int64_t(hk) * d, sink = params_.sink_tokens, update = params_.update_segment_tokens;
-  RETRO_CHECK(m >= 1 && m <= growth_->max_slots && m <= kMaxGrowthSlots, "wave KV: internal: {} slots in one growth",
+  WaveKvScratch& g = *scratch_;
+  RETRO_CHECK(m >= 1 && m <= g.growth_slots && m <= kMaxGrowthSlots, "wave KV: internal: {} slots in one growth",
               m);
   const WaveBuildPlan plan = plan_wave_build(WaveBuildShape{m * hk, update, d, params_.tokens_per_cluster,
                                                             params_.segment_tokens, params_.kmeans_iterations});
-  RETRO_CHECK(plan.workspace_bytes <= growth_->workspace.size(), "wave KV: internal: growth scratch of {} bytes, the "
-              "build of {} slots needs {}", growth_->workspace.size(), m, plan.workspace_bytes);
+  RETRO_CHECK(plan.workspace_bytes <= g.workspace.size(), "wave KV: internal: growth scratch of {} bytes, the "
+              "build of {} slots needs {}", g.workspace.size(), m, plan.workspace_bytes);
   GrowthSlots gs;
   gs.count = m;
   for (int j = 0; j < m; ++j) {
@@ -402,17 +411,17 @@ void WaveLayerKv::grow_batch(std::span<const int> slots, cudaStream_t stream) {
   }
   // Update segment of slot j, head h -> build group j * hk + h: [update, head_dim] rows.
   RETRO_CUDA_CHECK(gather_growth_rows(k_steady_.data(), v_steady_.data(), steady_capacity_ * row, sink, update, hk, d,
-                                      gs, growth_->k.data(), growth_->v.data(), stream));
-  const WaveBuildInputs in{growth_->k.data(), growth_->v.data(), update * d, d};
+                                      gs, g.k.data(), g.v.data(), stream));
+  const WaveBuildInputs in{g.k.data(), g.v.data(), update * d, d};
   WaveBuildOutputs out;
-  out.centroids = growth_->centroids.data();
-  out.value_sums = ptr<float>(growth_->value_sums);
-  out.sizes = ptr<int32_t>(growth_->sizes);
-  out.cluster_begin = ptr<int64_t>(growth_->begins);
-  out.order = ptr<int32_t>(growth_->order);
-  out.mean_key = ptr<float>(growth_->mean);
+  out.centroids = g.centroids.data();
+  out.value_sums = ptr<float>(g.value_sums);
+  out.sizes = ptr<int32_t>(g.sizes);
+  out.cluster_begin = ptr<int64_t>(g.begins);
+  out.order = ptr<int32_t>(g.order);
+  out.mean_key = ptr<float>(g.mean);
   out.cluster_capacity = plan.num_clusters;
-  run_wave_build(in, out, plan, growth_->workspace.data(), stream);
+  run_wave_build(in, out, plan, g.workspace.data(), stream);
   RETRO_CUDA_CHECK(scatter_growth_index(gs, hk, d, plan.num_clusters, out.centroids, out.value_sums, out.sizes,
                                         out.cluster_begin, plan.num_clusters, centroids_.data(), ptr<float>(value_sums_),
                                         ptr<int32_t>(sizes_), ptr<int64_t>(begins_), cluster_capacity_, stream));
@@ -421,8 +430,8 @@ void WaveLayerKv::grow_batch(std::span<const int> slots, cudaStream_t stream) {
     Slot& s = slots_[size_t(slot)];
     for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + update, stream);
     // Slot j's groups in the batch: its gathered rows and their cluster order.
-    const char* kj = static_cast<const char*>(growth_->k.data()) + size_t(j) * hk * update * d * 2;
-    const char* vj = static_cast<const char*>(growth_->v.data()) + size_t(j) * hk * update * d * 2;
+    const char* kj = static_cast<const char*>(g.k.data()) + size_t(j) * hk * update * d * 2;
+    const char* vj = static_cast<const char*>(g.v.data()) + size_t(j) * hk * update * d * 2;
     const int32_t* order = out.order + size_t(j) * hk * update;
     if (k_scales_) {
       // Scales from the rows of each cluster, which the scattered index entries now locate.
@@ -624,9 +633,9 @@ size_t WaveLayerKv::device_bytes() const {
   for (const Buffer* b : {&k_steady_, &v_steady_, &steady_len_, &centroids_, &value_sums_, &sizes_, &begins_,
                           &num_clusters_, &uids_, &k_scales_, &v_scales_, &retrieve_ids_, &retrieve_count_,
                           &estimate_o_, &estimate_lse_, &stats_, &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_,
-                          &steady_ws_, &build_ws_, &build_order_, &build_mean_})
+                          &steady_ws_})
     total += b->size();
-  return total;
+  return total + (own_scratch_ ? own_scratch_->bytes() : 0);
 }
 
 }  // namespace retro::attention::cuda

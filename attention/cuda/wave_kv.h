@@ -87,21 +87,23 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
 // on top of sink + window + update segment.
 int64_t wave_growth_stagger(const WaveIndexParams& params, int layer);
 
-// Device scratch of a growth of several slots at once (WaveLayerKv::grow of a list): the slots'
-// update segments gathered into one batch of build groups, that build's outputs and workspace,
-// for up to max_slots slots a call. The layers of a model grow one after another on one stream, so
-// they can share one (GpuModel does); a WaveLayerKv without one makes its own on first use.
-struct WaveGrowthScratch {
-  int max_slots = 0;
-  Buffer k, v;                                  // [max_slots * kv_heads, update, head_dim] bf16
-  Buffer centroids, value_sums, sizes, begins;  // [max_slots * kv_heads, update clusters] entries
-  Buffer order, mean;                           // [groups, update] i32, [groups, head_dim] fp32
-  Buffer workspace;                             // run_wave_build's, for max_slots * kv_heads groups
+// Device scratch of index builds, allocated on first use: the workspace, cluster order and mean keys
+// of a build (a prompt's or an update segment's), and for a growth of several slots at once
+// (WaveLayerKv::grow of a list) the slots' update segments gathered into one batch of build groups
+// with that build's outputs, for up to growth_slots slots a call. The layers of a model build and
+// grow one after another on one stream, so they share one (GpuModel does: one prompt-sized build
+// workspace instead of one per layer); a WaveLayerKv given none keeps its own.
+struct WaveKvScratch {
+  Buffer build_workspace, build_order, build_mean;  // grown to the largest build so far
+  int growth_slots = 0;                             // 0: growth buffers not allocated yet
+  Buffer k, v;                                      // [growth_slots * kv_heads, update, head_dim] bf16
+  Buffer centroids, value_sums, sizes, begins;      // [growth_slots * kv_heads, update clusters] entries
+  Buffer order, mean;                               // [groups, update] i32, [groups, head_dim] fp32
+  Buffer workspace;                                 // run_wave_build's, for growth_slots * kv_heads groups
+  size_t bytes() const;
 };
-// Device bytes of the scratch for `shape` (max_slots = min(max_batch, kMaxGrowthSlots)).
+// Device bytes of the growth buffers for `shape` (growth_slots = min(max_batch, kMaxGrowthSlots)).
 size_t wave_growth_scratch_bytes(const WaveKvShape& shape, const WaveIndexParams& params);
-std::unique_ptr<WaveGrowthScratch> make_wave_growth_scratch(const WaveKvShape& shape, const WaveIndexParams& params,
-                                                            Allocator& device_allocator);
 
 class WaveLayerKv {
  public:
@@ -110,10 +112,11 @@ class WaveLayerKv {
   // counts the prompts the slot has held, so no uid is ever reused (wave_cache.h). buffer.kv_dtype
   // (bf16 or fp8-e4m3) is the element type of the host store; the cache given to attend() must be
   // planned with the same one.
-  // growth_scratch (may be null; must outlive this object) serves grow() of several slots.
+  // scratch (may be null: then one of its own; must outlive this object) may be shared with the
+  // other layers of the model.
   WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params, const WaveBufferParams& buffer,
               HostPagePool& pool, Allocator& device_allocator, int layer = 0, int num_layers = 1,
-              WaveGrowthScratch* growth_scratch = nullptr);
+              WaveKvScratch* scratch = nullptr);
   ~WaveLayerKv();
   WaveLayerKv(const WaveLayerKv&) = delete;
   WaveLayerKv& operator=(const WaveLayerKv&) = delete;
@@ -172,7 +175,7 @@ class WaveLayerKv {
   // When not null, attend() records `event` on its stream between cluster selection and retrieval,
   // so a benchmark can split a step's time; null (the default) records nothing.
   void set_select_event(cudaEvent_t event) { select_event_ = event; }
-  size_t device_bytes() const;
+  size_t device_bytes() const;  // its own buffers (a shared scratch is its owner's)
   const WaveLayerKvSizes& layout() const { return layout_; }
   size_t host_bytes() const { return store_->bytes_in_use(); }
 
@@ -189,6 +192,7 @@ class WaveLayerKv {
   // After a slot's update segment went to the index: the kept recent rows move down in the steady zone.
   void shift_steady(int slot, cudaStream_t stream);
   void grow_batch(std::span<const int> slots, cudaStream_t stream);
+  void allocate_growth_scratch();
   const WaveSelectPlan& select_plan(int batch);
   const WaveRetrievePlan& retrieve_plan(int batch);
   const DecodeAttentionPlan& steady_plan(int batch);
@@ -211,14 +215,14 @@ class WaveLayerKv {
   Buffer k_scales_, v_scales_;  // fp8: [groups, cluster_capacity] fp32; empty for bf16
   Buffer retrieve_ids_, retrieve_count_, estimate_o_, estimate_lse_, stats_;
   Buffer steady_o_, steady_lse_;
-  Buffer select_ws_, retrieve_ws_, steady_ws_, build_ws_, build_order_, build_mean_;
+  Buffer select_ws_, retrieve_ws_, steady_ws_;
   // Plans per batch size (index batch - 1), made on first use.
   std::vector<std::unique_ptr<WaveSelectPlan>> select_plans_;
   std::vector<std::unique_ptr<WaveRetrievePlan>> retrieve_plans_;
   std::vector<std::unique_ptr<DecodeAttentionPlan>> steady_plans_;
   cudaEvent_t select_event_ = nullptr;
-  WaveGrowthScratch* growth_ = nullptr;  // shared, or own_growth_
-  std::unique_ptr<WaveGrowthScratch> own_growth_;
+  std::unique_ptr<WaveKvScratch> own_scratch_;  // when none is shared
+  WaveKvScratch* scratch_ = nullptr;            // the shared one, or own_scratch_
 };
 
 }  // namespace retro::attention::cuda

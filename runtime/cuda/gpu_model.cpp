@@ -122,7 +122,7 @@ struct GpuModel::Impl {
   Buffer cache_memory;        // the cluster cache (wave_cache.h layout)
   wave::WaveCacheView cache;  // num_sets == 0: no cache
   std::vector<std::unique_ptr<wave::WaveLayerKv>> wave_kv;  // [num_layers]
-  std::unique_ptr<wave::WaveGrowthScratch> growth_scratch;    // shared by the layers (max_batch > 1)
+  std::unique_ptr<wave::WaveKvScratch> kv_scratch;          // build and growth scratch the layers share
   // Pinned host staging of a decode step: read and written by copies inside the captured graph.
   int32_t* h_tokens = nullptr;  // [max_batch]
   int64_t* h_pos = nullptr;     // [max_batch]
@@ -728,10 +728,12 @@ GpuModelMemoryPlan plan_gpu_model_memory(const ModelConfig& full, int64_t max_to
     return p;
   }
   const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
-  // Every layer's, and one growth scratch all layers share (they grow one after another).
-  p.wave_kv =
-      size_t(c.num_layers) * wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers).total() +
-      (max_batch > 1 ? wave::wave_growth_scratch_bytes(shape, o.wave) : 0);
+  // Every layer's own buffers, and one build and growth scratch all layers share (they build and grow
+  // one after another).
+  const wave::WaveLayerKvSizes z =
+      wave::plan_wave_layer_kv(shape, o.wave, o.buffer, host_page_bytes(c, o), c.num_layers);
+  p.wave_kv = size_t(c.num_layers) * (z.total() - z.build) + z.build +
+              (max_batch > 1 ? wave::wave_growth_scratch_bytes(shape, o.wave) : 0);
   p.cluster_cache = plan_cluster_cache(c, max_tokens, o).bytes;
   // Residual stream, ids and positions of a max_tokens prompt; K and V of two layers (one being
   // projected while the other's index is built).
@@ -904,10 +906,10 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
       m.cache = wave::init_wave_cache(layout, m.cache_memory.data(), m.stream);
     }
     const wave::WaveKvShape shape{max_batch, c.num_heads, c.num_kv_heads, c.head_dim, max_tokens};
-    if (max_batch > 1) m.growth_scratch = wave::make_wave_growth_scratch(shape, options.wave, *m.allocator);
+    m.kv_scratch = std::make_unique<wave::WaveKvScratch>();
     for (int l = 0; l < c.num_layers; ++l)
       m.wave_kv.push_back(std::make_unique<wave::WaveLayerKv>(shape, options.wave, options.buffer, *m.pool,
-                                                              *m.allocator, l, c.num_layers, m.growth_scratch.get()));
+                                                              *m.allocator, l, c.num_layers, m.kv_scratch.get()));
     // The plan counts WaveLayerKv's allocations (plan_wave_layer_kv) and its build workspace before
     // first use: say so if they ever drift apart.
     size_t allocated = 0;
