@@ -40,6 +40,21 @@ __global__ void __launch_bounds__(kThreads)
     yr[i] = __float2bfloat16(__bfloat162float(xr[i]) * inv * __bfloat162float(w[i]));
 }
 
+// Rotate-half RoPE of one pair (x[i], x[i + rotary_dim / 2]) at `angle` = position * inv_freq[i]
+// (fp32, as the CPU twin), cos and sin scaled by attention_scaling; bf16 results.
+__device__ __forceinline__ void rotate_pair(float a, float b, float angle, float attention_scaling, __nv_bfloat16& lo,
+                                            __nv_bfloat16& hi) {
+  float s, c;
+  sincosf(angle, &s, &c);
+  c *= attention_scaling;
+  s *= attention_scaling;
+  lo = __float2bfloat16(a * c - b * s);
+  hi = __float2bfloat16(b * c + a * s);
+}
+
+// silu(g) * u in fp32.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 // One block per (token, head) row; threads walk the rotation pairs (i, i + rotary_dim / 2).
 __global__ void rope_kernel(__nv_bfloat16* x, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
                             float attention_scaling, int n_heads, int head_dim, int rotary_dim) {
@@ -48,22 +63,15 @@ __global__ void rope_kernel(__nv_bfloat16* x, const int64_t* __restrict__ positi
   __nv_bfloat16* xr = x + row * head_dim;
   const int half = rotary_dim / 2;
   const float pos = float(positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    c *= attention_scaling;
-    s *= attention_scaling;
-    const float a = __bfloat162float(xr[i]), b = __bfloat162float(xr[i + half]);
-    xr[i] = __float2bfloat16(a * c - b * s);
-    xr[i + half] = __float2bfloat16(b * c + a * s);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rotate_pair(__bfloat162float(xr[i]), __bfloat162float(xr[i + half]), pos * inv_freq[i], attention_scaling, xr[i],
+                xr[i + half]);
 }
 
 __global__ void silu_mul_kernel(const __nv_bfloat16* gate, const __nv_bfloat16* __restrict__ up, __nv_bfloat16* out,
                                 int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = __bfloat162float(gate[i]);
-    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(up[i]));
+    out[i] = __float2bfloat16(silu_times(__bfloat162float(gate[i]), __bfloat162float(up[i])));
   }
 }
 
@@ -71,8 +79,8 @@ __global__ void silu_mul_fused_kernel(const __nv_bfloat16* __restrict__ gate_up,
                                       int64_t n, int64_t f) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * f; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / f, c = i % f;
-    const float g = __bfloat162float(gate_up[r * 2 * f + c]);
-    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(gate_up[r * 2 * f + f + c]));
+    out[i] = __float2bfloat16(
+        silu_times(__bfloat162float(gate_up[r * 2 * f + c]), __bfloat162float(gate_up[r * 2 * f + f + c])));
   }
 }
 
@@ -101,15 +109,9 @@ __global__ void qkv_split_rope_kernel(const __nv_bfloat16* __restrict__ qkv, con
   }
   const int half = rotary_dim / 2;
   const float pos = float(positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    c *= attention_scaling;
-    s *= attention_scaling;
-    const float x0 = __bfloat162float(with_bias(src[i], b, i)), x1 = __bfloat162float(with_bias(src[i + half], b, i + half));
-    dst[i] = __float2bfloat16(x0 * c - x1 * s);
-    dst[i + half] = __float2bfloat16(x1 * c + x0 * s);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rotate_pair(__bfloat162float(with_bias(src[i], b, i)), __bfloat162float(with_bias(src[i + half], b, i + half)),
+                pos * inv_freq[i], attention_scaling, dst[i], dst[i + half]);
   for (int i = rotary_dim + threadIdx.x; i < head_dim; i += blockDim.x) dst[i] = with_bias(src[i], b, i);
 }
 
