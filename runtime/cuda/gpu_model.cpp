@@ -499,9 +499,10 @@ struct GpuModel::Impl {
     RETRO_CHECK(inputs_override.prompt_k != nullptr,
                 "filling a slot from the attention input override needs its prompt K/V (none is set)");
     RETRO_CHECK(n > 0, "filling slot {} with {} tokens", slot, n);
-    check_step(slot, nullptr, n);
+    check_slot(slot);
     RETRO_CHECK(lengths[size_t(slot)] == 0, "slot {} already holds {} tokens (reset it first)", slot,
                 lengths[size_t(slot)]);
+    check_step(slot, nullptr, n);
     check_prompt_override(n);
     const int64_t row = int64_t(config.num_kv_heads) * config.head_dim;
     const void* k = inputs_override.prompt_k;
