@@ -406,12 +406,14 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       // are uploaded between steps, untimed.
       attention::cuda::WaveCacheCounters before{};
       std::vector<double> step_times;  // ms of each timed step
+      std::vector<double> growth_times, plain_times;  // the same, split by whether index growth ran
       // Greedy tokens picked on the GPU: only the tokens come back to the host (GpuModel::decode_sample).
       const std::vector<runtime::SamplingParams> greedy(static_cast<size_t>(bs));
       const std::vector<double> uniforms(static_cast<size_t>(bs), 0.0);
       for (int i = 0; i < steps; ++i) {
         if (synthetic) inputs->upload_step(i);
         if (wave && i == warmup) before = model.wave_cache_counters();
+        const int64_t grown_before = model.wave_segments_grown();
         auto b = Clock::now();
         if (o.host_logits) {
           model.decode(next, logits.data());
@@ -420,7 +422,11 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         } else {
           model.decode_sample(next, greedy, uniforms, next);
         }
-        if (i >= warmup) step_times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - b).count());
+        if (i >= warmup) {
+          const double ms = std::chrono::duration<double, std::milli>(Clock::now() - b).count();
+          step_times.push_back(ms);
+          (model.wave_segments_grown() > grown_before ? growth_times : plain_times).push_back(ms);
+        }
         parallel::watchdog_progress();  // the step's collectives ran inside a CUDA graph, unseen by the host
       }
       const StepTimes times = summarize_steps(step_times);
@@ -440,6 +446,12 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       row["decode_ms_median_step"] = times.median_ms;
       row["decode_ms_p99_step"] = times.p99_ms;
       row["decode_warmup_steps"] = warmup;
+      const StepTimes growth = summarize_steps(growth_times), plain = summarize_steps(plain_times);
+      if (wave) {
+        row["decode_growth_steps"] = growth_times.size();
+        row["decode_ms_growth_step_mean"] = growth.mean_ms;
+        row["decode_ms_plain_step_mean"] = plain.mean_ms;
+      }
       if (synthetic) row["seed"] = o.seed;
       if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
@@ -473,6 +485,9 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       }
       say(leader, "(decode steps after {} untimed: median {:.2f} ms, p99 {:.2f} ms, slowest {:.2f} ms at step {})\n",
           warmup, times.median_ms, times.p99_ms, slowest_ms, warmup + times.slowest_step);
+      if (!growth_times.empty())
+        say(leader, "(index growth ran in {} of them: mean {:.2f} ms, slowest {:.2f} ms; the others {:.2f} ms)\n",
+            growth_times.size(), growth.mean_ms, growth.slowest_ms, plain.mean_ms);
       if (world.tp > 1) {
         // Each layer all-reduces the step's hidden rows twice (after O and after down).
         const double us = all_reduce_us(shard, *input_memory, bs);

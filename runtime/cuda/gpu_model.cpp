@@ -151,6 +151,7 @@ struct GpuModel::Impl {
   float attention_scaling = 1.0f;
   // Benchmarking: attention inputs in place of the projections' (all null: off).
   AttentionInputOverride inputs_override;
+  int64_t segments_grown = 0;  // wave: (layer, slot) update segments clustered by decode steps so far
 
   // The decode step's attention inputs: the projections' scratch rows, or the override's rows.
   const void* decode_q() const { return inputs_override.decode_q ? inputs_override.decode_q : q.data(); }
@@ -550,7 +551,10 @@ struct GpuModel::Impl {
   void grow_due_segments(int batch) {
     for (auto& kv : wave_kv)
       for (int b = 0; b < batch; ++b)
-        if (kv->growth_due(b)) kv->grow(b, stream);
+        if (kv->growth_due(b)) {
+          kv->grow(b, stream);
+          ++segments_grown;
+        }
   }
 
   // WaveLayerKv advances the host copy of its steady-zone counts (which decide when grow() is due)
@@ -1001,6 +1005,8 @@ size_t GpuModel::host_kv_bytes() const {
   m.check_wave("host_kv_bytes");
   return m.pool->pages_in_use() * m.pool->page_bytes();
 }
+
+int64_t GpuModel::wave_segments_grown() const { return impl_->segments_grown; }
 
 size_t GpuModel::host_pinned_bytes() const {
   const Impl& m = *impl_;

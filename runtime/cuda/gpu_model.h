@@ -171,6 +171,9 @@ class GpuModel {
   attention::cuda::WaveCacheCounters wave_cache_counters() const;
   size_t host_kv_bytes() const;     // pinned host pages holding clustered K/V now
   size_t host_pinned_bytes() const; // pinned host memory of the page pool (pages in use and free)
+  // (layer, slot) update segments decode steps have clustered so far (host count, no synchronisation;
+  // 0 in dense mode): a step that raised it ran index growth before its kernels.
+  int64_t wave_segments_grown() const;
   // Pins, ahead of use, the free host pages that `sequences` more sequences of `tokens` tokens
   // need for their clustered K/V (pinning is a one-time cost of a few GB/s that a server pays at
   // start, not on its first long prompts). Throws kOutOfMemory past the host capacity.
