@@ -389,13 +389,24 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         next[size_t(s)] = runtime::argmax(std::span<const float>(logits.data(), vocab));
       }
       const double prefill_tps = double(ctx * bs) / prefill_s;
+      // The row's fields of both benchmarks; decode adds its own below.
+      nlohmann::ordered_json row{{"bench", decode ? "model" : "prefill"},
+                                 {"backend", "cuda"},
+                                 {"attention", o.attention},
+                                 {"model", o.model},
+                                 {"device", gpus[size_t(device)].name},
+                                 {"context", ctx},
+                                 {"batch", bs},
+                                 {"prefill_s", prefill_s},
+                                 {"prefill_tokens_per_s", prefill_tps},
+                                 {"fill", o.fill},
+                                 {"layers", config.num_layers},
+                                 {"tp", world.tp},
+                                 {"workload", o.workload}};
+      if (synthetic) row["seed"] = o.seed;
+      if (wave) row["host_kv"] = o.host_kv;
       if (!decode) {
         say(leader, "| {} | {} | {:.3f} | {:.0f} |\n", ctx, bs, prefill_s, prefill_tps);
-        nlohmann::ordered_json row{{"bench", "prefill"}, {"backend", "cuda"}, {"attention", o.attention},
-                                   {"model", o.model}, {"device", gpus[size_t(device)].name}, {"context", ctx},
-                                   {"batch", bs}, {"prefill_s", prefill_s}, {"prefill_tokens_per_s", prefill_tps},
-                                   {"fill", o.fill}, {"layers", config.num_layers}, {"tp", world.tp}};
-        if (wave) row["host_kv"] = o.host_kv;
         std::fflush(stdout);
         if (json && leader) *json << row.dump() << "\n";
         continue;
@@ -433,15 +444,10 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
       const double decode_ms = times.total_ms, slowest_ms = times.slowest_ms;
       const double step_ms = decode_ms / o.decode_tokens;
       const double decode_tps = double(bs) * 1e3 / step_ms;
-      nlohmann::ordered_json row{{"bench", "model"},          {"backend", "cuda"},
-                                 {"attention", o.attention},    {"model", o.model},
-                                 {"device", gpus[size_t(device)].name}, {"context", ctx},
-                                 {"batch", bs},                 {"prefill_s", prefill_s},
-                                 {"prefill_tokens_per_s", prefill_tps}, {"decode_ms_per_step", step_ms},
-                                 {"decode_tokens_per_s", decode_tps},   {"cuda_graph", !o.eager},
-                                 {"workload", o.workload}, {"host_logits", o.host_logits},
-                                 {"fill", o.fill}, {"layers", config.num_layers}};
-      row["tp"] = world.tp;
+      row["decode_ms_per_step"] = step_ms;
+      row["decode_tokens_per_s"] = decode_tps;
+      row["cuda_graph"] = !o.eager;
+      row["host_logits"] = o.host_logits;
       row["decode_ms_slowest_step"] = slowest_ms;
       row["decode_ms_median_step"] = times.median_ms;
       row["decode_ms_p99_step"] = times.p99_ms;
@@ -452,8 +458,6 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
         row["decode_ms_growth_step_mean"] = growth.mean_ms;
         row["decode_ms_plain_step_mean"] = plain.mean_ms;
       }
-      if (synthetic) row["seed"] = o.seed;
-      if (wave) row["host_kv"] = o.host_kv;
       if (!wave) {
         say(leader, "| {} | {} | {:.3f} | {:.0f} | {:.2f} | {:.1f} |\n", ctx, bs, prefill_s, prefill_tps, step_ms,
                    decode_tps);

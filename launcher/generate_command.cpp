@@ -72,6 +72,30 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
+#ifdef RETRO_WITH_CUDA
+// The GPU model's options from the command line, for `max_batch` sequence slots.
+runtime::cuda::GpuModelOptions gpu_model_options(const GenerateOptions& o, int max_batch) {
+  runtime::cuda::GpuModelOptions g;
+  g.max_chunk = o.model.prefill_chunk;
+  g.use_cuda_graph = !o.eager;
+  g.max_batch = max_batch;
+  g.attention = o.model.attention_mode();
+  if (g.attention == attention::AttentionMode::kWave) {
+    g.wave = o.model.wave_params();
+    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
+    g.buffer.kv_fraction = o.cache_fraction;
+  }
+  return g;
+}
+
+// This process's rank geometry; a single process drives --device.
+parallel::WorldConfig gpu_world(const GenerateOptions& o) {
+  parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
+  if (world.world_size == 1) world.local_device = o.device;
+  return world;
+}
+#endif
+
 // The GPU model holds its own bf16 weights (no CPU model is built) and the host Sampler picks each
 // token from the step's logits. Under `mpirun -np N ... --tp N` each rank holds its shard on its
 // node-local GPU; every rank gets the same logits and samples the same tokens, and world rank 0 prints.
@@ -84,18 +108,9 @@ void run_generate_cuda(const GenerateOptions& o, const std::string& prompt) {
   RETRO_CHECK(!ids.empty(), "empty prompt");
   RETRO_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got {}", o.max_new_tokens);
   const std::vector<int32_t> stop_ids = stop_token_ids(tokenizer, config);
-  runtime::cuda::GpuModelOptions g;
-  g.max_chunk = o.model.prefill_chunk;
-  g.use_cuda_graph = !o.eager;
-  g.attention = o.model.attention_mode();
-  if (g.attention == attention::AttentionMode::kWave) {
-    g.wave = o.model.wave_params();
-    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
-    g.buffer.kv_fraction = o.cache_fraction;
-  }
+  const runtime::cuda::GpuModelOptions g = gpu_model_options(o, /*max_batch=*/1);
   const int64_t max_tokens = static_cast<int64_t>(ids.size()) + std::max(o.max_new_tokens, 1);
-  parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
-  if (world.world_size == 1) world.local_device = o.device;  // one process: --device
+  const parallel::WorldConfig world = gpu_world(o);
   const bool leader = world.is_world_leader();
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
   parallel::GpuModelShard shard(world, *host_group, config, *weights, max_tokens, g);
@@ -254,20 +269,10 @@ void run_generate_requests_cuda(const GenerateOptions& o) {
   runtime::ModelConfig config;
   std::unique_ptr<runtime::WeightSource> weights = runtime::open_model(o.model.model, &config);
   const std::optional<runtime::Tokenizer> tokenizer = runtime::open_tokenizer(o.model.model);
-  parallel::WorldConfig world = parallel::make_world_config(parallel::mpi_world(), o.model.tp);
+  const parallel::WorldConfig world = gpu_world(o);
   RETRO_CHECK(world.dp == 1, "generate --requests serves one model replica: --tp must span all {} processes, got tp {}",
               world.world_size, world.tp);
-  if (world.world_size == 1) world.local_device = o.device;
-  runtime::cuda::GpuModelOptions g;
-  g.max_chunk = o.model.prefill_chunk;
-  g.use_cuda_graph = !o.eager;
-  g.max_batch = o.max_slots;
-  g.attention = o.model.attention_mode();
-  if (g.attention == attention::AttentionMode::kWave) {
-    g.wave = o.model.wave_params();
-    g.buffer.kv_dtype = host_kv_dtype(o.host_kv);
-    g.buffer.kv_fraction = o.cache_fraction;
-  }
+  runtime::cuda::GpuModelOptions g = gpu_model_options(o, o.max_slots);
   g.host_capacity_bytes = o.kv_memory_mib << 20;
   std::unique_ptr<parallel::Communicator> host_group = parallel::make_tp_host_communicator(world);
   parallel::GpuModelShard shard(world, *host_group, config, *weights, o.max_tokens, g);

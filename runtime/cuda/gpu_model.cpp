@@ -203,12 +203,13 @@ struct GpuModel::Impl {
   void check_slot(int slot) const {
     RETRO_CHECK(slot >= 0 && slot < max_batch, "sequence slot {} outside [0, {})", slot, max_batch);
   }
+  // tokens may be null (a context filled without tokens): then only the slot and the room are checked.
   void check_step(int slot, const int32_t* tokens, int64_t n) const {
     check_slot(slot);
     RETRO_CHECK_KIND(lengths[size_t(slot)] + n <= max_tokens, ErrorKind::kOutOfMemory,
                      "sequence of {} tokens does not fit the KV cache planned for {} tokens", lengths[size_t(slot)] + n,
                      max_tokens);
-    for (int64_t i = 0; i < n; ++i)
+    for (int64_t i = 0; tokens != nullptr && i < n; ++i)
       RETRO_CHECK(tokens[i] >= 0 && tokens[i] < config.vocab_size, "token id {} is outside the vocabulary [0, {})",
                   tokens[i], config.vocab_size);
   }
@@ -501,8 +502,7 @@ struct GpuModel::Impl {
     check_slot(slot);
     RETRO_CHECK(lengths[size_t(slot)] == 0, "slot {} already holds {} tokens (reset it first)", slot,
                 lengths[size_t(slot)]);
-    RETRO_CHECK_KIND(n <= max_tokens, ErrorKind::kOutOfMemory,
-                     "sequence of {} tokens does not fit the KV cache planned for {} tokens", n, max_tokens);
+    check_step(slot, nullptr, n);
     check_prompt_override(n);
     const int64_t row = int64_t(config.num_kv_heads) * config.head_dim;
     const void* k = inputs_override.prompt_k;
