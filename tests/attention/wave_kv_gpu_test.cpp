@@ -39,13 +39,6 @@ struct Sequence {
   std::vector<float> k, v;  // [tokens, kv_heads, d], bf16 values
 };
 
-class WaveKvGpu : public ::testing::TestWithParam<bool> {  // param: with a cluster cache
- protected:
-  void SetUp() override {
-    RETRO_SKIP_WITHOUT_GPU();
-  }
-};
-
 std::vector<bf16> random_rows(std::mt19937& rng, int64_t rows, int64_t width, std::vector<float>* append) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<bf16> out(size_t(rows * width));
@@ -209,14 +202,27 @@ cuda::WaveCacheView make_cache(bool with_cache, const cuda::WaveBufferParams& bu
   return cuda::init_wave_cache(layout, memory.data(), nullptr);
 }
 
+// The full-retrieval scenario's fixture (param: with a cluster cache): its shape, and a random
+// stream from a fresh seed.
+class FullRetrievalGpu : public ::testing::TestWithParam<bool> {
+ protected:
+  static constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
+  static constexpr int batch = FullRetrievalRun::kBatch;
+  static constexpr int64_t row = FullRetrievalRun::kRow;
+  void SetUp() override {
+    RETRO_SKIP_WITHOUT_GPU();
+    rng_.seed(seed_);
+  }
+  const uint32_t seed_ = std::random_device{}();
+  std::mt19937 rng_;
+};
+
+class WaveKvGpu : public FullRetrievalGpu {};
+
 TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   const bool with_cache = GetParam();
-  const uint32_t seed = std::random_device{}();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  std::mt19937 rng(seed);
-  constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
-  constexpr int batch = FullRetrievalRun::kBatch;
-  constexpr int64_t row = FullRetrievalRun::kRow;
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::mt19937& rng = rng_;
   const WaveIndexParams params = full_retrieval_params();
   const cuda::WaveBufferParams buffer = small_cache(DType::kBF16);
   auto pinned = make_pinned_host_allocator();
@@ -282,12 +288,7 @@ INSTANTIATE_TEST_SUITE_P(Cache, WaveKvGpu, ::testing::Values(false, true),
 
 // ---- fp8-e4m3 host KV ----
 
-class WaveKvFp8Gpu : public ::testing::TestWithParam<bool> {  // param: with a cluster cache
- protected:
-  void SetUp() override {
-    RETRO_SKIP_WITHOUT_GPU();
-  }
-};
+class WaveKvFp8Gpu : public FullRetrievalGpu {};
 
 // What the store keeps of x in a cluster of scale s: x / s rounded to e4m3, times s.
 double fp8_rounded(float x, float s) { return double(fp8_e4m3_to_float(float_to_fp8_e4m3(x / s))) * double(s); }
@@ -436,12 +437,8 @@ std::vector<bf16> rows_with_max(std::mt19937& rng, int64_t rows, int d, float ma
 // dense attention over the bf16 K/V is reported (and is much larger: the reference is the fp8 one).
 TEST_P(WaveKvFp8Gpu, FullRetrievalEqualsDenseAttentionOverTheStoredKv) {
   const bool with_cache = GetParam();
-  const uint32_t seed = std::random_device{}();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  std::mt19937 rng(seed);
-  constexpr int hq = FullRetrievalRun::kHq, hk = FullRetrievalRun::kHk, d = FullRetrievalRun::kD, G = hq / hk;
-  constexpr int batch = FullRetrievalRun::kBatch;
-  constexpr int64_t row = FullRetrievalRun::kRow;
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::mt19937& rng = rng_;
   const float kmax = 8.0f, vmax = 4.0f;  // every K row's largest |x| is 8, every V row's 4
   const float kscale = kmax / kFp8E4M3Max, vscale = vmax / kFp8E4M3Max;
   const WaveIndexParams params = full_retrieval_params();
