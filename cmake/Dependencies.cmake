@@ -43,6 +43,11 @@ if(NOT RETRO_CUDA STREQUAL "OFF")
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     set(RETRO_WITH_CUDA ON)
+    # Kernels on Hopper warpgroup MMA (wgmma) exist only in sm_90a code; the host side asks for them
+    # only where the build has it.
+    if("90a" IN_LIST CMAKE_CUDA_ARCHITECTURES OR "90a-real" IN_LIST CMAKE_CUDA_ARCHITECTURES)
+      add_compile_definitions(RETRO_CUDA_SM90A)
+    endif()
   elseif(RETRO_CUDA STREQUAL "ON")
     message(FATAL_ERROR "RETRO_CUDA=ON but no CUDA compiler was found: install the CUDA toolkit "
                         "or set CMAKE_CUDA_COMPILER (or configure with -DRETRO_CUDA=OFF)")

@@ -53,6 +53,7 @@ struct DensePrefillOptions : KernelBenchOptions {
     warmup = 2;
     reps = 5;
   }
+  std::string kernels = "auto";  // comma list of auto, mma, wgmma
 };
 
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
@@ -158,13 +159,21 @@ void run_dense_decode(const DenseDecodeOptions& o) {
 
 
 void run_dense_prefill(const DensePrefillOptions& o) {
+  const std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
+  const std::vector<std::string> names = parse_name_list(o.kernels, "--kernel");  // checked by the option
   auto gpus = query_gpus();
   RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench dense-prefill needs a GPU: {}",
                    query_cuda_runtime().error);
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
-  fmt::print("| context | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|\n");
-  for (int64_t ctx : parse_size_list(o.contexts, "--context")) {
+  // The kernels to time, auto resolved to the one it picks on this GPU.
+  std::vector<attention::cuda::PrefillKernel> kernels;
+  for (const std::string& name : names) {
+    const bool wgmma = name == "wgmma" || (name == "auto" && attention::cuda::prefill_wgmma_available());
+    kernels.push_back(wgmma ? attention::cuda::PrefillKernel::kWgmma : attention::cuda::PrefillKernel::kMmaSync);
+  }
+  fmt::print("| context | kernel | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|---|\n");
+  for (int64_t ctx : contexts) {
     const size_t q_elems = size_t(ctx) * o.heads * o.head_dim, kv_elems = size_t(ctx) * o.kv_heads * o.head_dim;
     DeviceBuffer q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), out(q_elems * 2), lse(size_t(ctx) * o.heads * 4);
     RETRO_CUDA_CHECK(retro::cuda::fill_normal_bf16(q.ptr, q_elems, 4, 1.0f, nullptr));
@@ -185,15 +194,20 @@ void run_dense_prefill(const DensePrefillOptions& o) {
     p.num_kv_heads = o.kv_heads;
     p.head_dim = o.head_dim;
     p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
-    double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
-    const double flops = 4.0 * o.heads * o.head_dim * double(ctx) * double(ctx) / 2.0;
-    const double tflops = flops / ms / 1e9;
-    fmt::print("| {} | {}/{} | {} | {:.3f} | {:.1f} |\n", ctx, o.heads, o.kv_heads, o.head_dim, ms, tflops);
-    if (json) {
-      nlohmann::ordered_json row = {{"bench", "dense-prefill"}, {"device", gpus[0].name}, {"heads", o.heads},
-                                    {"kv_heads", o.kv_heads},     {"head_dim", o.head_dim}, {"context", ctx},
-                                    {"ms_per_layer", ms},         {"tflops", tflops}};
-      *json << row.dump() << "\n";
+    for (attention::cuda::PrefillKernel kernel : kernels) {
+      p.kernel = kernel;
+      const char* name = kernel == attention::cuda::PrefillKernel::kWgmma ? "wgmma" : "mma";
+      double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
+      const double flops = 4.0 * o.heads * o.head_dim * double(ctx) * double(ctx) / 2.0;
+      const double tflops = flops / ms / 1e9;
+      fmt::print("| {} | {} | {}/{} | {} | {:.3f} | {:.1f} |\n", ctx, name, o.heads, o.kv_heads, o.head_dim, ms,
+                 tflops);
+      if (json) {
+        nlohmann::ordered_json row = {{"bench", "dense-prefill"}, {"device", gpus[0].name}, {"kernel", name},
+                                      {"heads", o.heads},         {"kv_heads", o.kv_heads}, {"head_dim", o.head_dim},
+                                      {"context", ctx},           {"ms_per_layer", ms},     {"tflops", tflops}};
+        *json << row.dump() << "\n";
+      }
     }
   }
 }
@@ -205,6 +219,21 @@ void register_gpu_attention_benches(CLI::App& bench) {
   auto prefill = std::make_shared<DensePrefillOptions>();
   CLI::App* p = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
   add_kernel_bench_options(*p, *prefill);
+  p->add_option("--kernel", prefill->kernels,
+                "Kernels to time, comma list: auto (wgmma on Hopper builds with sm_90a, else mma), mma, wgmma")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            try {
+              for (const std::string& name : parse_name_list(text, "--kernel"))
+                if (name != "auto" && name != "mma" && name != "wgmma")
+                  return "'" + name + "' is none of auto, mma, wgmma";
+            } catch (const Error& e) {
+              return e.what();
+            }
+            return "";
+          },
+          "KERNELS"));
   p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
     run_dense_prefill(*prefill);

@@ -9,14 +9,23 @@
 
 namespace retro::launcher {
 
-std::vector<int64_t> parse_size_list(const std::string& text, const std::string& flag) {
-  std::vector<int64_t> out;
+std::vector<std::string> parse_name_list(const std::string& text, const std::string& flag) {
+  std::vector<std::string> out;
   // getline yields no last, empty entry for a trailing comma: look for it here.
   RETRO_CHECK(text.empty() || text.back() != ',', "{}: empty entry in '{}'", flag, text);
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
     RETRO_CHECK(!item.empty(), "{}: empty entry in '{}'", flag, text);
+    out.push_back(item);
+  }
+  RETRO_CHECK(!out.empty(), "{}: nothing given", flag);
+  return out;
+}
+
+std::vector<int64_t> parse_size_list(const std::string& text, const std::string& flag) {
+  std::vector<int64_t> out;
+  for (std::string item : parse_name_list(text, flag)) {
     int64_t mult = 1;
     char suffix = static_cast<char>(std::tolower(static_cast<unsigned char>(item.back())));
     if (suffix == 'k' || suffix == 'm') {
@@ -33,7 +42,6 @@ std::vector<int64_t> parse_size_list(const std::string& text, const std::string&
     RETRO_CHECK(used == item.size() && v > 0, "{}: '{}' is not a positive size (e.g. 4096, 32k, 1m)", flag, text);
     out.push_back(v * mult);
   }
-  RETRO_CHECK(!out.empty(), "{}: no sizes given", flag);
   return out;
 }
 

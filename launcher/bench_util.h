@@ -9,6 +9,9 @@
 
 namespace retro::launcher {
 
+// "a,b" -> {"a", "b"}; throws retro::Error naming `flag` on an empty list or entry.
+std::vector<std::string> parse_name_list(const std::string& text, const std::string& flag);
+
 // "4k,32k,1m,100" -> {4096, 32768, 1048576, 100}; throws retro::Error naming `flag` on bad input.
 std::vector<int64_t> parse_size_list(const std::string& text, const std::string& flag);
 

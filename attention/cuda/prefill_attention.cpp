@@ -2,10 +2,33 @@
 
 #include "attention/cuda/prefill_attention.h"
 
+#include <array>
+#include <atomic>
+#include <cstdint>
+
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
 
 namespace retro::attention::cuda {
+
+bool prefill_wgmma_available() {
+#ifdef RETRO_CUDA_SM90A
+  // One answer per device, asked once (every prefill launch asks).
+  static std::array<std::atomic<int8_t>, 64> known{};  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  std::atomic<int8_t>* slot = device < int(known.size()) ? &known[size_t(device)] : nullptr;
+  if (slot != nullptr && slot->load(std::memory_order_relaxed) != 0) return slot->load() == 2;
+  int major = 0, minor = 0;
+  const bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+                   major == 9 && minor == 0;
+  if (slot != nullptr) slot->store(yes ? 2 : 1);
+  return yes;
+#else
+  return false;
+#endif
+}
 
 void run_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   RETRO_CHECK(p.num_q_heads > 0 && p.num_kv_heads > 0 && p.num_q_heads % p.num_kv_heads == 0,
@@ -16,6 +39,9 @@ void run_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream)
   RETRO_CHECK(p.q && p.k && p.v && p.out, "prefill attention: null tensor pointer");
   RETRO_CHECK(p.q_stride_token % 8 == 0 && p.kv_stride_token % 8 == 0 && p.kv_stride_head % 8 == 0,
               "prefill attention: strides must keep rows 16-byte aligned");
+  RETRO_CHECK_KIND(p.kernel != PrefillKernel::kWgmma || prefill_wgmma_available(), ErrorKind::kUnsupported,
+                   "prefill attention: the wgmma kernel needs a build with sm_90a code and a compute "
+                   "capability 9.0 GPU");
   RETRO_CUDA_CHECK(launch_prefill_attention(p, stream));
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// Causal prefill attention on the GPU: FlashAttention-2 style on tensor cores (mma.sync m16n8k16,
-// bf16 in, fp32 accumulate), online softmax, never materialising the score matrix. A chunk of n_q
+// Causal prefill attention on the GPU: flash attention on tensor cores (bf16 in, fp32 accumulate),
+// online softmax, never materialising the score matrix. Two kernels: warpgroup MMA (wgmma) where the
+// build has sm_90a code and the GPU is a Hopper, FlashAttention-2 on mma.sync m16n8k16 elsewhere. A chunk of n_q
 // query tokens attends to n_kv stored tokens, query i sitting at position n_kv - n_q + i (chunked
 // prefill of long prompts). GQA by head index; LSE out in natural log.
 
@@ -9,6 +10,12 @@
 #include <cstdint>
 
 namespace retro::attention::cuda {
+
+enum class PrefillKernel {
+  kAuto,     // wgmma where available, else mma.sync
+  kMmaSync,  // FlashAttention-2 on mma.sync (any sm_80+ GPU)
+  kWgmma,    // Hopper warpgroup MMA; an error where unavailable
+};
 
 struct PrefillAttentionParams {
   const void* q = nullptr;  // [n_q, num_q_heads, head_dim] bf16; q_stride_token elements between tokens
@@ -25,7 +32,12 @@ struct PrefillAttentionParams {
   int num_kv_heads = 0;
   int head_dim = 0;  // 64 or 128
   float sm_scale = 0.0f;
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
+
+// Whether the wgmma kernel can run on the current device: the build has sm_90a code and the
+// device is compute capability 9.0.
+bool prefill_wgmma_available();
 
 // Checks the arguments and launches (no synchronisation).
 void run_prefill_attention(const PrefillAttentionParams& params, cudaStream_t stream);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <random>
 #include <vector>
 
@@ -31,15 +32,20 @@ struct PrefillCase {
   int num_q_heads, num_kv_heads, head_dim;
 };
 
-class PrefillAttentionGpu : public testing::TestWithParam<PrefillCase> {
+using cuda::PrefillKernel;
+
+// Every shape on both kernels (the wgmma one where the GPU and the build have it).
+class PrefillAttentionGpu : public testing::TestWithParam<std::tuple<PrefillCase, PrefillKernel>> {
  protected:
   void SetUp() override {
     RETRO_SKIP_WITHOUT_GPU();
+    if (std::get<1>(GetParam()) == PrefillKernel::kWgmma && !cuda::prefill_wgmma_available())
+      GTEST_SKIP() << "the wgmma kernel needs a Hopper GPU and a build with sm_90a code";
   }
 };
 
 TEST_P(PrefillAttentionGpu, MatchesTheCpuTwin) {
-  const PrefillCase c = GetParam();
+  const PrefillCase c = std::get<0>(GetParam());
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);
@@ -86,6 +92,7 @@ TEST_P(PrefillAttentionGpu, MatchesTheCpuTwin) {
   p.num_kv_heads = hk;
   p.head_dim = d;
   p.sm_scale = 1.0f / std::sqrt(float(d));
+  p.kernel = std::get<1>(GetParam());
   cuda::run_prefill_attention(p, nullptr);
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<bf16> out(q.size());
@@ -115,14 +122,16 @@ TEST_P(PrefillAttentionGpu, MatchesTheCpuTwin) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
-                         testing::Values(PrefillCase{1000, 1000, 8, 2, 128},    // whole prompt, GQA 4
-                                         PrefillCase{300, 2077, 8, 2, 128},     // a chunk over a stored prefix
-                                         PrefillCase{1, 700, 8, 2, 128},        // a single query
-                                         PrefillCase{517, 517, 8, 8, 64},       // MHA, head_dim 64
-                                         PrefillCase{129, 4000, 16, 2, 64}),    // GQA 8
-                         [](const testing::TestParamInfo<PrefillCase>& info) {
-                           const PrefillCase& c = info.param;
-                           return "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
+                         testing::Combine(testing::Values(PrefillCase{1000, 1000, 8, 2, 128},  // whole prompt, GQA 4
+                                                          PrefillCase{300, 2077, 8, 2, 128},  // a chunk over a prefix
+                                                          PrefillCase{1, 700, 8, 2, 128},     // a single query
+                                                          PrefillCase{517, 517, 8, 8, 64},    // MHA, head_dim 64
+                                                          PrefillCase{129, 4000, 16, 2, 64}),  // GQA 8
+                                          testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma)),
+                         [](const testing::TestParamInfo<std::tuple<PrefillCase, PrefillKernel>>& info) {
+                           const PrefillCase& c = std::get<0>(info.param);
+                           const bool wgmma = std::get<1>(info.param) == PrefillKernel::kWgmma;
+                           return std::string(wgmma ? "wgmma_" : "mma_") + "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
                                   std::to_string(c.num_q_heads) + "x" + std::to_string(c.num_kv_heads) + "_d" +
                                   std::to_string(c.head_dim);
                          });

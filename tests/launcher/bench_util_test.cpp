@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "runtime/core/error.h"
@@ -20,6 +21,13 @@ TEST(SizeList, ReadsSuffixesAndRejectsWhatIsNotASize) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--batch"), std::string::npos) << e.what();
   }
+}
+
+TEST(NameList, SplitsOnCommasAndRejectsEmptyEntries) {
+  EXPECT_EQ(parse_name_list("mma,wgmma", "--kernel"), (std::vector<std::string>{"mma", "wgmma"}));
+  EXPECT_EQ(parse_name_list("auto", "--kernel"), (std::vector<std::string>{"auto"}));
+  for (const char* bad : {"", "mma,", ",mma", "mma,,wgmma"})
+    EXPECT_THROW(parse_name_list(bad, "--kernel"), Error) << bad;
 }
 
 TEST(StepTimes, MedianPercentileAndSlowestStep) {

@@ -1,0 +1,229 @@
+#pragma once
+// Kernel of causal prefill attention on Hopper warpgroup MMA (wgmma, sm_90a).
+//
+// One CTA = 2 warpgroups of 64 query rows each (128 rows of one query head). K/V tiles of 128 tokens
+// stream through shared memory in two stages (cp.async by all threads, 128-byte-swizzled as wgmma
+// reads them). Per tile each warpgroup computes S = Q K^T with Q and K straight from shared memory
+// (64 x 128 fp32 in registers), masks it causally, updates the online softmax (base 2), converts P
+// to bf16 A fragments in registers and adds P V into its 64 x head_dim fp32 accumulators, V read
+// from shared memory as an MN-major operand. Same arithmetic as the mma.sync kernel of
+// prefill_attention.cuh, on the instruction Hopper's tensor cores run at full rate.
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "attention/cuda/prefill_attention.cuh"
+#include "attention/cuda/wgmma.cuh"
+
+namespace retro::attention::cuda::kernels {
+
+template <int kHeadDim>
+struct WgmmaPrefillTile {
+  static constexpr int kWarpGroups = 2;
+  static constexpr int kThreads = kWarpGroups * 128;
+  static constexpr int kBlockM = kWarpGroups * 64;
+  static constexpr int kBlockN = 128;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;
+  // Q + 2 stages x (K, V), and room to start them on a 1024-byte boundary.
+  static constexpr int kSmemBytes = kQBytes + 4 * kKvBytes + 1024;
+};
+
+// Loads rows [row0, row0 + kRows) of a [n, head_dim] bf16 matrix (row stride `stride` elements) into a
+// 128-byte-swizzled tile (wgmma.cuh); rows at or past n are zero-filled.
+template <int kHeadDim, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile_sw128(uint32_t tile, const __nv_bfloat16* base, int64_t stride,
+                                                int64_t row0, int64_t n) {
+  constexpr int kChunks = kHeadDim / 8;
+#pragma unroll
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const int64_t row = row0 + r;
+    const bool valid = row < n;
+    cp_async_16(tile + sw128_offset(kRows, r, c), base + (valid ? row : 0) * stride + c * 8, valid);
+  }
+}
+
+// S (64 x 128 per warpgroup) = the products of the warpgroup's Q rows with one K tile.
+template <int kHeadDim>
+__device__ __forceinline__ void wgmma_scores(float (&s)[64], uint32_t sq_wg, uint32_t sk) {
+  constexpr int kBlockM = WgmmaPrefillTile<kHeadDim>::kBlockM, kBlockN = WgmmaPrefillTile<kHeadDim>::kBlockN;
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    const uint32_t column = uint32_t(ks % 4) * 32u;  // k16 step inside a 64-column block
+    const uint64_t da = sw128_desc(sq_wg + uint32_t(ks / 4) * kBlockM * 128u + column, 16, 1024);
+    const uint64_t db = sw128_desc(sk + uint32_t(ks / 4) * kBlockN * 128u + column, 16, 1024);
+    wgmma_m64n128k16_ss(s, da, db, ks > 0);
+  }
+}
+
+// O (64 x head_dim per warpgroup) += P (bf16 fragments of S) V. Starts the MMAs; the caller commits
+// and waits.
+template <int kHeadDim>
+__device__ __forceinline__ void wgmma_pv(float (&o)[kHeadDim / 2], const float (&s)[64], uint32_t sv) {
+  constexpr int kBlockN = WgmmaPrefillTile<kHeadDim>::kBlockN, kSteps = kBlockN / 16;
+  // Tokens 16 kk .. 16 kk + 15 are S's n8 blocks 2 kk and 2 kk + 1: the A fragment of k-step kk. All
+  // of P is converted before the first MMA, so one fence covers every A register.
+  uint32_t a[kSteps][4];
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      a[kk][i] = pack_bf16(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+      asm volatile("" : "+r"(a[kk][i])::"memory");
+    }
+  }
+  wgmma_fence_operands(o);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const uint64_t db = sw128_desc(sv + uint32_t(kk) * 16u * 128u, kBlockN * 128u, 1024);
+    if constexpr (kHeadDim == 128)
+      wgmma_m64n128k16_rs_bt(o, a[kk], db);
+    else
+      wgmma_m64n64k16_rs_bt(o, a[kk], db);
+  }
+}
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
+    prefill_attention_wgmma_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
+                                   const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                                   int64_t kv_stride_token, int64_t kv_stride_head, __nv_bfloat16* __restrict__ out,
+                                   float* __restrict__ lse, int64_t n_q, int64_t n_kv, int num_q_heads, int group,
+                                   float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tile = WgmmaPrefillTile<kHeadDim>;
+  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kThreads = Tile::kThreads;
+  constexpr int kNO = kHeadDim / 2;  // accumulator registers of O per thread
+  extern __shared__ __align__(128) unsigned char smem[];  // aligned to 1024 below
+  const uint32_t sq = (smem_u32(smem) + 1023u) & ~1023u;
+  const uint32_t sk0 = sq + Tile::kQBytes;
+  auto sk = [&](int stage) { return sk0 + uint32_t(stage) * 2u * Tile::kKvBytes; };
+  auto sv = [&](int stage) { return sk0 + uint32_t(stage) * 2u * Tile::kKvBytes + Tile::kKvBytes; };
+
+  // Heavy (late) query blocks first so the causal triangle's long CTAs start early.
+  const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
+  const int64_t m_block = num_m_blocks - 1 - blockIdx.x;
+  const int head = blockIdx.y;
+  const int kv_head = head / group;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t q_row0 = m_block * kBlockM;
+  const int64_t offset = n_kv - n_q;  // position of query row 0
+
+  const __nv_bfloat16* qh = q + int64_t(head) * kHeadDim;
+  const __nv_bfloat16* kh = k + int64_t(kv_head) * kv_stride_head;
+  const __nv_bfloat16* vh = v + int64_t(kv_head) * kv_stride_head;
+
+  const int64_t kv_end = min(n_kv, offset + min(q_row0 + kBlockM, n_q));
+  const int num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+
+  load_tile_sw128<kHeadDim, kBlockM, kThreads>(sq, qh, q_stride_token, q_row0, n_q);
+  load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(0), kh, kv_stride_token, 0, n_kv);
+  load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(0), vh, kv_stride_token, 0, n_kv);
+  cp_async_commit();
+
+  float o[kNO];
+#pragma unroll
+  for (int i = 0; i < kNO; ++i) o[i] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  // Accumulator register i of a thread: row g (+ 8 when bit 1 of i is set) of its warp's 16 rows,
+  // column 8 (i / 4) + 2 t + (i & 1) (the wgmma D layout).
+  const int64_t warp_row0 = q_row0 + wg * 64 + warp * 16;
+  const int pos[2] = {int(offset + warp_row0 + g), int(offset + warp_row0 + g + 8)};
+  const uint32_t sq_wg = sq + uint32_t(wg) * 64u * 128u;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < num_tiles) {
+      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(stage ^ 1), kh, kv_stride_token, int64_t(tile + 1) * kBlockN,
+                                                   n_kv);
+      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(stage ^ 1), vh, kv_stride_token, int64_t(tile + 1) * kBlockN,
+                                                   n_kv);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_view_async_shared();  // this thread's cp.async writes, seen by the async proxy (wgmma)
+    __syncthreads();
+
+    float s[64];
+    wgmma_fence();
+    wgmma_scores<kHeadDim>(s, sq_wg, sk(stage));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+
+    // Mask the future and the padding past n_kv, only on tiles that reach them.
+    const int kv0 = tile * kBlockN;
+    if (kv0 + kBlockN - 1 > int(offset + warp_row0) || int64_t(kv0) + kBlockN > n_kv) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int kpos = kv0 + (i / 4) * 8 + t * 2 + (i & 1);
+        if (kpos > pos[(i / 2) & 1] || kpos >= n_kv) s[i] = -INFINITY;
+      }
+    }
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 64; ++i) tile_max[(i / 2) & 1] = fmaxf(tile_max[(i / 2) & 1], s[i]);
+    float corr[2];
+    bool max_moved = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] *= scale_log2;  // -inf stays -inf (scale > 0)
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float m_new = fmaxf(m_run[r], tile_max[r]);
+      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
+      const bool moved = m_new != m_run[r];
+      corr[r] = moved ? fast_exp2(m_run[r] - m_ref) : 1.0f;
+      max_moved |= moved;
+      m_run[r] = m_new;
+      tile_max[r] = m_ref;
+    }
+    float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const float p = fast_exp2(fmaf(s[i], scale_log2, -tile_max[(i / 2) & 1]));
+      s[i] = p;
+      row_sum[(i / 2) & 1] += p;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + row_sum[r];  // quad partial
+    if (__any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int i = 0; i < kNO; ++i) o[i] *= corr[(i / 2) & 1];
+    }
+
+    wgmma_pv<kHeadDim>(o, s, sv(stage));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
+    __syncthreads();  // this stage is refilled two tiles from now
+  }
+
+  // Finalise: total the row sums over the quad, normalise, write bf16 out and the LSE.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int64_t row = warp_row0 + g + r * 8;
+    if (row >= n_q) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
+          __floats2bfloat162_rn(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+    }
+    if (lse != nullptr && t == 0)
+      lse[row * num_q_heads + head] = l > 0.0f ? (m_run[r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+  }
+#else
+  __trap();  // launched only where the build has sm_90a code (prefill_attention.cu checks)
+#endif
+}
+
+}  // namespace retro::attention::cuda::kernels
