@@ -53,7 +53,7 @@ struct DensePrefillOptions : KernelBenchOptions {
     warmup = 2;
     reps = 5;
   }
-  std::string kernels = "auto";  // comma list of auto, mma, wgmma
+  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined
 };
 
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
@@ -169,8 +169,12 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   // The kernels to time, auto resolved to the one it picks on this GPU.
   std::vector<attention::cuda::PrefillKernel> kernels;
   for (const std::string& name : names) {
-    const bool wgmma = name == "wgmma" || (name == "auto" && attention::cuda::prefill_wgmma_available());
-    kernels.push_back(wgmma ? attention::cuda::PrefillKernel::kWgmma : attention::cuda::PrefillKernel::kMmaSync);
+    if (name == "wgmma-pipelined")
+      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaPipelined);
+    else if (name == "wgmma" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
+      kernels.push_back(attention::cuda::PrefillKernel::kWgmma);
+    else
+      kernels.push_back(attention::cuda::PrefillKernel::kMmaSync);
   }
   fmt::print("| context | kernel | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|---|\n");
   for (int64_t ctx : contexts) {
@@ -196,7 +200,9 @@ void run_dense_prefill(const DensePrefillOptions& o) {
     p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
     for (attention::cuda::PrefillKernel kernel : kernels) {
       p.kernel = kernel;
-      const char* name = kernel == attention::cuda::PrefillKernel::kWgmma ? "wgmma" : "mma";
+      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaPipelined ? "wgmma-pipelined"
+                         : kernel == attention::cuda::PrefillKernel::kWgmma        ? "wgmma"
+                                                                                   : "mma";
       double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
       const double flops = 4.0 * o.heads * o.head_dim * double(ctx) * double(ctx) / 2.0;
       const double tflops = flops / ms / 1e9;
@@ -220,14 +226,15 @@ void register_gpu_attention_benches(CLI::App& bench) {
   CLI::App* p = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
   add_kernel_bench_options(*p, *prefill);
   p->add_option("--kernel", prefill->kernels,
-                "Kernels to time, comma list: auto (wgmma on Hopper builds with sm_90a, else mma), mma, wgmma")
+                "Kernels to time, comma list: auto (wgmma on Hopper builds with sm_90a, else mma), mma, wgmma, "
+                "wgmma-pipelined")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& text) -> std::string {
             try {
               for (const std::string& name : parse_name_list(text, "--kernel"))
-                if (name != "auto" && name != "mma" && name != "wgmma")
-                  return "'" + name + "' is none of auto, mma, wgmma";
+                if (name != "auto" && name != "mma" && name != "wgmma" && name != "wgmma-pipelined")
+                  return "'" + name + "' is none of auto, mma, wgmma, wgmma-pipelined";
             } catch (const Error& e) {
               return e.what();
             }

@@ -25,15 +25,16 @@ cudaError_t launch(const PrefillAttentionParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kPipelined>
 cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
   using namespace kernels;
   using Tile = WgmmaPrefillTile<kHeadDim>;
-  auto kernel = prefill_attention_wgmma_kernel<kHeadDim>;
-  cudaError_t st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  auto kernel = prefill_attention_wgmma_kernel<kHeadDim, kPipelined>;
+  const int smem = Tile::smem_bytes(kPipelined ? 3 : 2);
+  cudaError_t st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (st != cudaSuccess) return st;
   dim3 grid(static_cast<unsigned>((p.n_q + Tile::kBlockM - 1) / Tile::kBlockM), static_cast<unsigned>(p.num_q_heads));
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(
       static_cast<const __nv_bfloat16*>(p.q), p.q_stride_token, static_cast<const __nv_bfloat16*>(p.k),
       static_cast<const __nv_bfloat16*>(p.v), p.kv_stride_token, p.kv_stride_head, static_cast<__nv_bfloat16*>(p.out),
       p.lse, p.n_q, p.n_kv, p.num_q_heads, p.num_q_heads / p.num_kv_heads, p.sm_scale * 1.4426950408889634f);
@@ -43,8 +44,10 @@ cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
 
 cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (p.n_q == 0) return cudaSuccess;
+  if (p.kernel == PrefillKernel::kWgmmaPipelined)
+    return p.head_dim == 128 ? launch_wgmma<128, true>(p, stream) : launch_wgmma<64, true>(p, stream);
   if (p.kernel == PrefillKernel::kWgmma || (p.kernel == PrefillKernel::kAuto && prefill_wgmma_available()))
-    return p.head_dim == 128 ? launch_wgmma<128>(p, stream) : launch_wgmma<64>(p, stream);
+    return p.head_dim == 128 ? launch_wgmma<128, false>(p, stream) : launch_wgmma<64, false>(p, stream);
   // Two m16 tiles per warp halve the shared-memory reads per MMA. At head_dim 128 the Q fragments
   // are re-read from shared memory each k-step, which frees the registers for 64-token K/V tiles
   // (measured on H100 at 16K / 64K tokens: 275 / 295 TFLOP/s, against 231 / 251 with Q held in

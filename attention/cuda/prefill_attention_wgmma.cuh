@@ -2,12 +2,17 @@
 // Kernel of causal prefill attention on Hopper warpgroup MMA (wgmma, sm_90a).
 //
 // One CTA = 2 warpgroups of 64 query rows each (128 rows of one query head). K/V tiles of 128 tokens
-// stream through shared memory in two stages (cp.async by all threads, 128-byte-swizzled as wgmma
-// reads them). Per tile each warpgroup computes S = Q K^T with Q and K straight from shared memory
-// (64 x 128 fp32 in registers), masks it causally, updates the online softmax (base 2), converts P
-// to bf16 A fragments in registers and adds P V into its 64 x head_dim fp32 accumulators, V read
-// from shared memory as an MN-major operand. Same arithmetic as the mma.sync kernel of
-// prefill_attention.cuh, on the instruction Hopper's tensor cores run at full rate.
+// stream through shared memory (cp.async by all threads, 128-byte-swizzled as wgmma reads them). Per
+// tile each warpgroup computes S = Q K^T with Q and K straight from shared memory (64 x 128 fp32 in
+// registers), masks it causally, updates the online softmax (base 2), converts P to bf16 A fragments
+// in registers and adds P V into its 64 x head_dim fp32 accumulators, V read from shared memory as
+// an MN-major operand. Same arithmetic as the mma.sync kernel of prefill_attention.cuh, on the
+// instruction Hopper's tensor cores run at full rate.
+//
+// Two schedules of the same arithmetic. Plain (two stages): per tile S, wait, softmax, P V, wait.
+// Pipelined (three stages): tile t's S = Q K_t^T and the previous tile's O += P_{t-1} V_{t-1} are
+// issued together, and tile t's softmax runs while the tensor cores do P V (the intra-warpgroup
+// overlap of FlashAttention-3); O is rescaled once that P V has landed.
 
 #include <cuda_bf16.h>
 
@@ -26,8 +31,8 @@ struct WgmmaPrefillTile {
   static constexpr int kBlockN = 128;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;
-  // Q + 2 stages x (K, V), and room to start them on a 1024-byte boundary.
-  static constexpr int kSmemBytes = kQBytes + 4 * kKvBytes + 1024;
+  // Q + kStages x (K, V), and room to start them on a 1024-byte boundary.
+  static constexpr int smem_bytes(int stages) { return kQBytes + 2 * stages * kKvBytes + 1024; }
 };
 
 // Loads rows [row0, row0 + kRows) of a [n, head_dim] bf16 matrix (row stride `stride` elements) into a
@@ -58,26 +63,26 @@ __device__ __forceinline__ void wgmma_scores(float (&s)[64], uint32_t sq_wg, uin
   }
 }
 
-// O (64 x head_dim per warpgroup) += P (bf16 fragments of S) V. Starts the MMAs; the caller commits
-// and waits.
-template <int kHeadDim>
-__device__ __forceinline__ void wgmma_pv(float (&o)[kHeadDim / 2], const float (&s)[64], uint32_t sv) {
-  constexpr int kBlockN = WgmmaPrefillTile<kHeadDim>::kBlockN, kSteps = kBlockN / 16;
-  // Tokens 16 kk .. 16 kk + 15 are S's n8 blocks 2 kk and 2 kk + 1: the A fragment of k-step kk. All
-  // of P is converted before the first MMA, so one fence covers every A register.
-  uint32_t a[kSteps][4];
+// A thread's share of P in bf16: the A fragments of the 8 k16 steps of P V. Tokens 16 kk .. 16 kk + 15
+// are S's n8 blocks 2 kk and 2 kk + 1.
+__device__ __forceinline__ void p_fragments(const float (&s)[64], uint32_t (&a)[8][4]) {
 #pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
+  for (int kk = 0; kk < 8; ++kk) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       a[kk][i] = pack_bf16(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
-      asm volatile("" : "+r"(a[kk][i])::"memory");
+      asm volatile("" : "+r"(a[kk][i])::"memory");  // converted before the fence that precedes the MMAs
     }
   }
-  wgmma_fence_operands(o);
-  wgmma_fence();
+}
+
+// Starts O (64 x head_dim per warpgroup) += P V for one V tile; the caller commits and waits.
+template <int kHeadDim>
+__device__ __forceinline__ void wgmma_pv(float (&o)[kHeadDim / 2], const uint32_t (&a)[8][4], uint32_t sv) {
+  constexpr int kBlockN = WgmmaPrefillTile<kHeadDim>::kBlockN;
+  static_assert(kBlockN == 128, "8 k16 steps of P");
 #pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
+  for (int kk = 0; kk < 8; ++kk) {
     const uint64_t db = sw128_desc(sv + uint32_t(kk) * 16u * 128u, kBlockN * 128u, 1024);
     if constexpr (kHeadDim == 128)
       wgmma_m64n128k16_rs_bt(o, a[kk], db);
@@ -86,7 +91,57 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[kHeadDim / 2], const float (
   }
 }
 
-template <int kHeadDim>
+// The online softmax of one tile of S for a thread's two rows: masks the future and the padding past
+// n_kv (only when the tile reaches them), turns S into unnormalised probabilities against the new
+// running maximum, updates m_run and the quad-partial l_run, and returns the factors O must be
+// multiplied by (exactly 1 for a row whose maximum did not move); *moved: some row of the warp moved.
+__device__ __forceinline__ void softmax_tile(float (&s)[64], int kv0, const int (&pos)[2], int warp_first_pos,
+                                             int64_t n_kv, float scale_log2, float (&m_run)[2], float (&l_run)[2],
+                                             float (&corr)[2], bool* moved_any) {
+  const int t = threadIdx.x % 4;
+  if (kv0 + 127 > warp_first_pos || int64_t(kv0) + 128 > n_kv) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const int kpos = kv0 + (i / 4) * 8 + t * 2 + (i & 1);
+      if (kpos > pos[(i / 2) & 1] || kpos >= n_kv) s[i] = -INFINITY;
+    }
+  }
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int i = 0; i < 64; ++i) tile_max[(i / 2) & 1] = fmaxf(tile_max[(i / 2) & 1], s[i]);
+  bool max_moved = false;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    tile_max[r] *= scale_log2;  // -inf stays -inf (scale > 0)
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+    const float m_new = fmaxf(m_run[r], tile_max[r]);
+    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
+    const bool moved = m_new != m_run[r];
+    corr[r] = moved ? fast_exp2(m_run[r] - m_ref) : 1.0f;
+    max_moved |= moved;
+    m_run[r] = m_new;
+    tile_max[r] = m_ref;
+  }
+  float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const float p = fast_exp2(fmaf(s[i], scale_log2, -tile_max[(i / 2) & 1]));
+    s[i] = p;
+    row_sum[(i / 2) & 1] += p;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + row_sum[r];
+  *moved_any = __any_sync(0xffffffffu, max_moved);
+}
+
+template <int kN>
+__device__ __forceinline__ void rescale(float (&o)[kN], const float (&corr)[2]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) o[i] *= corr[(i / 2) & 1];
+}
+
+template <int kHeadDim, bool kPipelined>
 __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
     prefill_attention_wgmma_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
                                    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
@@ -96,12 +151,13 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = WgmmaPrefillTile<kHeadDim>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kThreads = Tile::kThreads;
+  constexpr int kStages = kPipelined ? 3 : 2;
   constexpr int kNO = kHeadDim / 2;  // accumulator registers of O per thread
   extern __shared__ __align__(128) unsigned char smem[];  // aligned to 1024 below
   const uint32_t sq = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sk0 = sq + Tile::kQBytes;
-  auto sk = [&](int stage) { return sk0 + uint32_t(stage) * 2u * Tile::kKvBytes; };
-  auto sv = [&](int stage) { return sk0 + uint32_t(stage) * 2u * Tile::kKvBytes + Tile::kKvBytes; };
+  auto sk = [&](int tile) { return sk0 + uint32_t(tile % kStages) * 2u * Tile::kKvBytes; };
+  auto sv = [&](int tile) { return sk0 + uint32_t(tile % kStages) * 2u * Tile::kKvBytes + Tile::kKvBytes; };
 
   // Heavy (late) query blocks first so the causal triangle's long CTAs start early.
   const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
@@ -119,10 +175,13 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
 
   const int64_t kv_end = min(n_kv, offset + min(q_row0 + kBlockM, n_q));
   const int num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+  auto load_kv = [&](int tile) {
+    load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(tile), kh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
+    load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(tile), vh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
+  };
 
   load_tile_sw128<kHeadDim, kBlockM, kThreads>(sq, qh, q_stride_token, q_row0, n_q);
-  load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(0), kh, kv_stride_token, 0, n_kv);
-  load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(0), vh, kv_stride_token, 0, n_kv);
+  load_kv(0);
   cp_async_commit();
 
   float o[kNO];
@@ -132,75 +191,80 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
   // Accumulator register i of a thread: row g (+ 8 when bit 1 of i is set) of its warp's 16 rows,
   // column 8 (i / 4) + 2 t + (i & 1) (the wgmma D layout).
   const int64_t warp_row0 = q_row0 + wg * 64 + warp * 16;
-  const int pos[2] = {int(offset + warp_row0 + g), int(offset + warp_row0 + g + 8)};
+  const int warp_first_pos = int(offset + warp_row0);
+  const int pos[2] = {warp_first_pos + g, warp_first_pos + g + 8};
   const uint32_t sq_wg = sq + uint32_t(wg) * 64u * 128u;
+  float s[64], corr[2];
+  uint32_t p[8][4];
+  bool moved = false;
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < num_tiles) {
-      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(stage ^ 1), kh, kv_stride_token, int64_t(tile + 1) * kBlockN,
-                                                   n_kv);
-      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(stage ^ 1), vh, kv_stride_token, int64_t(tile + 1) * kBlockN,
-                                                   n_kv);
+  if constexpr (!kPipelined) {
+    for (int tile = 0; tile < num_tiles; ++tile) {
+      if (tile + 1 < num_tiles) load_kv(tile + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      fence_view_async_shared();  // this thread's cp.async writes, seen by the async proxy (wgmma)
+      __syncthreads();
+
+      wgmma_fence();
+      wgmma_scores<kHeadDim>(s, sq_wg, sk(tile));
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operands(s);
+      softmax_tile(s, tile * kBlockN, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);
+      if (moved) rescale(o, corr);
+      p_fragments(s, p);
+      wgmma_fence_operands(o);
+      wgmma_fence();
+      wgmma_pv<kHeadDim>(o, p, sv(tile));
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operands(o);
+      __syncthreads();  // this stage is refilled two tiles from now
     }
+  } else {
+    // Tile 0: its scores and softmax alone.
+    if (num_tiles > 1) load_kv(1);
     cp_async_commit();
     cp_async_wait<1>();
-    fence_view_async_shared();  // this thread's cp.async writes, seen by the async proxy (wgmma)
+    fence_view_async_shared();
     __syncthreads();
-
-    float s[64];
     wgmma_fence();
-    wgmma_scores<kHeadDim>(s, sq_wg, sk(stage));
+    wgmma_scores<kHeadDim>(s, sq_wg, sk(0));
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(s);
-
-    // Mask the future and the padding past n_kv, only on tiles that reach them.
-    const int kv0 = tile * kBlockN;
-    if (kv0 + kBlockN - 1 > int(offset + warp_row0) || int64_t(kv0) + kBlockN > n_kv) {
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        const int kpos = kv0 + (i / 4) * 8 + t * 2 + (i & 1);
-        if (kpos > pos[(i / 2) & 1] || kpos >= n_kv) s[i] = -INFINITY;
-      }
+    softmax_tile(s, 0, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);  // O is still 0
+    p_fragments(s, p);
+    for (int tile = 1; tile < num_tiles; ++tile) {
+      // Tile t's K/V have landed; every thread is past its P V of tile t - 2, whose stage the loads of
+      // tile t + 1 now reuse.
+      cp_async_wait<0>();
+      fence_view_async_shared();
+      __syncthreads();
+      if (tile + 1 < num_tiles) load_kv(tile + 1);
+      cp_async_commit();
+      // S_t = Q K_t^T, then O += P_{t-1} V_{t-1}: two groups, the scores first.
+      wgmma_fence_operands(o);
+      wgmma_fence();
+      wgmma_scores<kHeadDim>(s, sq_wg, sk(tile));
+      wgmma_commit();
+      wgmma_pv<kHeadDim>(o, p, sv(tile - 1));
+      wgmma_commit();
+      wgmma_wait<1>();  // the scores
+      wgmma_fence_operands(s);
+      softmax_tile(s, tile * kBlockN, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);
+      wgmma_wait<0>();  // P_{t-1} V_{t-1}, against the old maximum, is in O: now rescale it
+      wgmma_fence_operands(o);
+      if (moved) rescale(o, corr);
+      p_fragments(s, p);
     }
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < 64; ++i) tile_max[(i / 2) & 1] = fmaxf(tile_max[(i / 2) & 1], s[i]);
-    float corr[2];
-    bool max_moved = false;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] *= scale_log2;  // -inf stays -inf (scale > 0)
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float m_new = fmaxf(m_run[r], tile_max[r]);
-      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays empty, not NaN
-      const bool moved = m_new != m_run[r];
-      corr[r] = moved ? fast_exp2(m_run[r] - m_ref) : 1.0f;
-      max_moved |= moved;
-      m_run[r] = m_new;
-      tile_max[r] = m_ref;
-    }
-    float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const float p = fast_exp2(fmaf(s[i], scale_log2, -tile_max[(i / 2) & 1]));
-      s[i] = p;
-      row_sum[(i / 2) & 1] += p;
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * corr[r] + row_sum[r];  // quad partial
-    if (__any_sync(0xffffffffu, max_moved)) {
-#pragma unroll
-      for (int i = 0; i < kNO; ++i) o[i] *= corr[(i / 2) & 1];
-    }
-
-    wgmma_pv<kHeadDim>(o, s, sv(stage));
+    wgmma_fence_operands(o);
+    wgmma_fence();
+    wgmma_pv<kHeadDim>(o, p, sv(num_tiles - 1));
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(o);
-    __syncthreads();  // this stage is refilled two tiles from now
   }
 
   // Finalise: total the row sums over the quad, normalise, write bf16 out and the LSE.

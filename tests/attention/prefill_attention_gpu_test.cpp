@@ -39,7 +39,7 @@ class PrefillAttentionGpu : public testing::TestWithParam<std::tuple<PrefillCase
  protected:
   void SetUp() override {
     RETRO_SKIP_WITHOUT_GPU();
-    if (std::get<1>(GetParam()) == PrefillKernel::kWgmma && !cuda::prefill_wgmma_available())
+    if (std::get<1>(GetParam()) != PrefillKernel::kMmaSync && !cuda::prefill_wgmma_available())
       GTEST_SKIP() << "the wgmma kernel needs a Hopper GPU and a build with sm_90a code";
   }
 };
@@ -127,11 +127,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
                                                           PrefillCase{1, 700, 8, 2, 128},     // a single query
                                                           PrefillCase{517, 517, 8, 8, 64},    // MHA, head_dim 64
                                                           PrefillCase{129, 4000, 16, 2, 64}),  // GQA 8
-                                          testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma)),
+                                          testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma,
+                                                          PrefillKernel::kWgmmaPipelined)),
                          [](const testing::TestParamInfo<std::tuple<PrefillCase, PrefillKernel>>& info) {
                            const PrefillCase& c = std::get<0>(info.param);
-                           const bool wgmma = std::get<1>(info.param) == PrefillKernel::kWgmma;
-                           return std::string(wgmma ? "wgmma_" : "mma_") + "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
+                           const PrefillKernel kernel = std::get<1>(info.param);
+                           const char* name = kernel == PrefillKernel::kWgmmaPipelined ? "wgmma_pipelined_"
+                                              : kernel == PrefillKernel::kWgmma        ? "wgmma_"
+                                                                                       : "mma_";
+                           return std::string(name) + "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
                                   std::to_string(c.num_q_heads) + "x" + std::to_string(c.num_kv_heads) + "_d" +
                                   std::to_string(c.head_dim);
                          });
