@@ -119,6 +119,7 @@ struct GpuModel::Impl {
   cudaStream_t build_stream = nullptr;
   cudaEvent_t kv_written[2] = {nullptr, nullptr};  // on stream: a layer's K/V are in buffer i
   cudaEvent_t kv_built[2] = {nullptr, nullptr};    // on build_stream: buffer i's index is built (free again)
+  cudaEvent_t prompt_done = nullptr;               // on stream: a wave prompt's last logits are on the host
   Buffer cache_memory;        // the cluster cache (wave_cache.h layout)
   wave::WaveCacheView cache;  // num_sets == 0: no cache
   std::vector<std::unique_ptr<wave::WaveLayerKv>> wave_kv;  // [num_layers]
@@ -502,10 +503,13 @@ struct GpuModel::Impl {
         wave_kv[l]->build(slot, attend_k, attend_v, n, row, build_stream);
         RETRO_CUDA_CHECK(cudaEventRecord(kv_built[buf], build_stream));
       }
-      // Decode (on stream) reads every layer's index.
-      RETRO_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_built[(layers.size() - 1) % 2], 0));
+      // The first token needs the last layer's output, not its index: the logits go out while the
+      // last build still runs. Whatever comes next on stream (a decode step reads every layer's
+      // index, another prompt reuses the K/V buffers) waits for it.
       if (host_logits != nullptr) project_logits(bf(hidden) + (n - 1) * h * 2, 1);
-      RETRO_CUDA_CHECK(cudaStreamSynchronize(stream));
+      RETRO_CUDA_CHECK(cudaEventRecord(prompt_done, stream));
+      RETRO_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_built[(layers.size() - 1) % 2], 0));
+      RETRO_CUDA_CHECK(cudaEventSynchronize(prompt_done));
     } catch (...) {
       // Layers built before the failure would otherwise keep the slot and refuse its next prompt.
       cudaStreamSynchronize(build_stream);
@@ -899,6 +903,7 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
       RETRO_CUDA_CHECK(cudaEventCreateWithFlags(&m.kv_written[i], cudaEventDisableTiming));
       RETRO_CUDA_CHECK(cudaEventCreateWithFlags(&m.kv_built[i], cudaEventDisableTiming));
     }
+    RETRO_CUDA_CHECK(cudaEventCreateWithFlags(&m.prompt_done, cudaEventDisableTiming));
     RETRO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.build_stream, cudaStreamNonBlocking));
     m.pinned = make_pinned_host_allocator(options.host_capacity_bytes);
     m.pool = std::make_unique<wave::HostPagePool>(host_page_bytes(c, options), options.host_store.chunk_bytes, *m.pinned);
@@ -933,7 +938,8 @@ GpuModel::~GpuModel() {
     cudaStreamSynchronize(impl_->build_stream);
     cudaStreamDestroy(impl_->build_stream);
   }
-  for (cudaEvent_t e : {impl_->kv_written[0], impl_->kv_written[1], impl_->kv_built[0], impl_->kv_built[1]})
+  for (cudaEvent_t e :
+       {impl_->kv_written[0], impl_->kv_written[1], impl_->kv_built[0], impl_->kv_built[1], impl_->prompt_done})
     if (e) cudaEventDestroy(e);
   for (auto& step : impl_->steps)
     for (cudaGraphExec_t g : {step.graph, step.sampled_graph, step.greedy_graph})
@@ -957,6 +963,12 @@ int64_t GpuModel::length(int slot) const {
   impl_->check_slot(slot);
   return impl_->lengths[size_t(slot)];
 }
+void GpuModel::synchronize() {
+  Impl& m = *impl_;
+  RETRO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  if (m.build_stream != nullptr) RETRO_CUDA_CHECK(cudaStreamSynchronize(m.build_stream));
+}
+
 void GpuModel::reset(int slot) {
   Impl& m = *impl_;
   m.check_slot(slot);

@@ -136,8 +136,11 @@ class GpuModel {
 
   // Runs a prompt into `slot` in chunks of at most max_chunk tokens; logits of its last token ->
   // host [vocab]. Dense: appends to what the slot holds. Wave: the slot must be empty (its index is
-  // built from the whole prompt).
+  // built from the whole prompt); prefill returns with the logits while the last layer's index build
+  // may still run on the GPU, and the model's next work waits for it.
   void prefill(int slot, std::span<const int32_t> tokens, float* logits);
+  // Waits for every queued GPU operation of the model, index builds included.
+  void synchronize();
   void prefill(std::span<const int32_t> tokens, float* logits) { prefill(0, tokens, logits); }
   // One token for each of slots [0, tokens.size()); next-token logits -> host [tokens.size(), vocab].
   // Wave: every slot needs its prompt first; due update segments are clustered before the step.
