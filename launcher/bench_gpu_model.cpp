@@ -27,6 +27,7 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -231,19 +232,26 @@ class SyntheticAttentionInputs {
 };
 
 // Mean time of one bf16 all-reduce of `rows` hidden rows over the model's group, on its stream, in
-// microseconds (0 for a whole model).
-double all_reduce_us(parallel::GpuModelShard& shard, Allocator& device, int64_t rows) {
+// microseconds (0 for a whole model): 64 after 8 untimed, in `symmetric` (the group's symmetric
+// buffer, as the model's residual stream uses) where there is one.
+double all_reduce_us(parallel::GpuModelShard& shard, Allocator& device, int64_t rows, void* symmetric) {
   if (shard.plan().shard.is_whole()) return 0.0;
   parallel::Communicator& comm = shard.device_group();
   const int64_t count = rows * shard.model().config().hidden_size;
-  TensorBuffer data(device, DType::kBF16, {count}, MemoryPurpose::kWorkspace);
-  RETRO_CUDA_CHECK(cudaMemset(data.data(), 0, size_t(count) * 2));
+  std::optional<TensorBuffer> plain;
+  void* data = symmetric;
+  if (data == nullptr) {
+    plain.emplace(device, DType::kBF16, Shape{count}, MemoryPurpose::kWorkspace);
+    data = plain->data();
+  }
+  const Tensor view(data, DType::kBF16, {count}, comm.device());
+  RETRO_CUDA_CHECK(cudaMemset(data, 0, size_t(count) * 2));
   RETRO_CUDA_CHECK(cudaDeviceSynchronize());
   constexpr int kWarmup = 8, kReps = 64;
-  for (int i = 0; i < kWarmup; ++i) comm.all_reduce_sum(data.view());
+  for (int i = 0; i < kWarmup; ++i) comm.all_reduce_sum(view);
   comm.barrier();
   const auto a = std::chrono::steady_clock::now();
-  for (int i = 0; i < kReps; ++i) comm.all_reduce_sum(data.view());
+  for (int i = 0; i < kReps; ++i) comm.all_reduce_sum(view);
   comm.barrier();
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count() / kReps;
 }
@@ -298,6 +306,10 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
   parallel::GpuModelShard shard(world, *host_group, config, *weights, max_context + decode_rows,
                                 gpu_options(o, max_batch));
   runtime::cuda::GpuModel& model = shard.model();
+  // For the all-reduce timing: every rank asks at the same point.
+  void* all_reduce_buffer = shard.plan().shard.is_whole() ? nullptr
+                                                          : shard.device_group().symmetric_buffer(
+                                                                size_t(max_batch * config.hidden_size) * 2);
   say(leader, "model {} on {}: {} layers, hidden {}, {} q / {} kv heads (loaded in {:.1f} s); {} attention; decode "
              "step {}\n",
              o.model, gpus[size_t(device)].name, config.num_layers, config.hidden_size, config.num_heads,
@@ -504,7 +516,7 @@ void run_gpu_model_bench(const GpuModelBenchOptions& o) {
             growth_times.size(), growth.mean_ms, growth.slowest_ms, plain.mean_ms);
       if (world.tp > 1) {
         // Each layer all-reduces the step's hidden rows twice (after O and after down).
-        const double us = all_reduce_us(shard, *input_memory, bs);
+        const double us = all_reduce_us(shard, *input_memory, bs, all_reduce_buffer);
         const double share = 2.0 * config.num_layers * us / (step_ms * 1e3);
         say(leader, "(tp {}: one all-reduce of {} hidden rows takes {:.1f} us alone; {} per step = {:.1f}% of the step)\n",
             world.tp, bs, us, 2 * config.num_layers, 100.0 * share);

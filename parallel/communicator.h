@@ -27,7 +27,7 @@ class Communicator {
   virtual const char* backend() const = 0;  // "mpi", "nccl", "self"
 
   // data (fp32 or bf16): replaced by its element-wise sum over the group. bf16 sums are rounded to
-  // bf16 after each addition, as NCCL does.
+  // bf16 after each addition, as NCCL's ring does (its symmetric kernels add in fp32).
   virtual void all_reduce_sum(const Tensor& data) = 0;
   // send [n] of every rank -> recv [size() * n] in group-rank order; any dtype, the same for both.
   virtual void all_gather(const Tensor& send, const Tensor& recv) = 0;
@@ -35,6 +35,13 @@ class Communicator {
   virtual void broadcast(const Tensor& data, int root) = 0;
   // Returns once every rank of the group has entered it (NCCL: and this rank's enqueued work is done).
   virtual void barrier() = 0;
+  // Device memory of at least `bytes` registered with the group so that collectives on it take a
+  // faster path (NCCL symmetric windows), owned by the communicator; null where the backend has
+  // none. Collective: every rank asks for the same size at the same point.
+  virtual void* symmetric_buffer(size_t bytes) {
+    (void)bytes;
+    return nullptr;
+  }
 };
 
 // A group of one rank: reductions and broadcasts leave the data as it is, all_gather copies send to

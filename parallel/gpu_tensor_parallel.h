@@ -25,6 +25,7 @@ class DeviceCommunicatorCollectives final : public runtime::DeviceShardCollectiv
   void all_reduce_sum_bf16(void* data, int64_t count) override;
   void all_gather_fp32(const float* send, int64_t count, float* recv) override;
   CUstream_st* stream() const override { return stream_; }
+  void* symmetric_buffer(size_t bytes) override { return comm_.symmetric_buffer(bytes); }
 
  private:
   Communicator& comm_;

@@ -1,8 +1,12 @@
 #include "parallel/nccl_communicator.h"
 
+#include <dlfcn.h>
+
 #include <cstdlib>
+#include <cstring>
 
 #include "parallel/watchdog.h"
+#include "runtime/core/logging.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/error.h"
 
@@ -38,9 +42,69 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, int device, cudaStre
   watchdog_watch_nccl(comm_);
 }
 
+namespace {
+
+// Symmetric windows as found in the NCCL loaded at run time (2.27 and later), looked up by name so
+// that the binary builds against older headers and still loads, and runs without them, against an
+// older library. (ncclWindow_t is a pointer: void* here.)
+struct WindowApi {
+  ncclResult_t (*mem_alloc)(void**, size_t) = nullptr;
+  ncclResult_t (*mem_free)(void*) = nullptr;
+  ncclResult_t (*reg)(ncclComm_t, void*, size_t, void**, int) = nullptr;
+  ncclResult_t (*dereg)(ncclComm_t, void*) = nullptr;
+  bool complete() const { return mem_alloc && mem_free && reg && dereg; }
+};
+template <typename Fn>
+void look_up(Fn& fn, const char* name) {
+  fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+}
+const WindowApi& window_api() {
+  static const WindowApi api = [] {
+    WindowApi a;
+    look_up(a.mem_alloc, "ncclMemAlloc");
+    look_up(a.mem_free, "ncclMemFree");
+    look_up(a.reg, "ncclCommWindowRegister");
+    look_up(a.dereg, "ncclCommWindowDeregister");
+    return a.complete() ? a : WindowApi{};
+  }();
+  return api;
+}
+
+constexpr int kWindowSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
+
+}  // namespace
+
+void* NcclCommunicator::symmetric_buffer(size_t bytes) {
+  const char* env = std::getenv("RETRO_NCCL_SYMMETRIC");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return nullptr;
+  const WindowApi& api = window_api();
+  if (!api.complete() || bytes == 0) return nullptr;
+  RETRO_CUDA_CHECK(cudaSetDevice(device_));
+  Window w;
+  RETRO_NCCL_CHECK(api.mem_alloc(&w.memory, bytes));
+  // Collective: every rank registers here; a failure is the same on every rank (the group falls
+  // back to plain buffers together).
+  const ncclResult_t st = api.reg(comm_, w.memory, bytes, &w.handle, kWindowSymmetric);
+  if (st != ncclSuccess) {
+    RETRO_LOG_WARN("NCCL symmetric window of {} bytes not registered ({}): collectives use plain buffers", bytes,
+                   ncclGetErrorString(st));
+    api.mem_free(w.memory);
+    return nullptr;
+  }
+  windows_.push_back(w);
+  return w.memory;
+}
+
 NcclCommunicator::~NcclCommunicator() {
   if (comm_ == nullptr) return;
   watchdog_unwatch_nccl(comm_);
+  // Windows go first (every rank deregisters, as every rank registered), once no collective on this
+  // stream can still read them.
+  if (!windows_.empty()) cudaStreamSynchronize(stream_);
+  for (const Window& w : windows_) {
+    window_api().dereg(comm_, w.handle);
+    window_api().mem_free(w.memory);
+  }
   // Finalize flushes the collectives still in flight before the resources go.
   ncclCommFinalize(comm_);
   ncclCommDestroy(comm_);

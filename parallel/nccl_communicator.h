@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <vector>
+
 #include "parallel/communicator.h"
 
 namespace retro::parallel {
@@ -32,6 +34,11 @@ class NcclCommunicator final : public Communicator {
   void broadcast(const Tensor& data, int root) override;
   // Waits for the work enqueued on the stream, then for every rank (over `bootstrap`).
   void barrier() override;
+  // ncclMemAlloc memory registered as a symmetric window (NCCL_WIN_COLL_SYMMETRIC): all-reduces of
+  // small messages in it run NCCL's symmetric kernels over NVLink. Null when the NCCL found at run
+  // time has no window registration (before 2.27), when registration fails, or when
+  // RETRO_NCCL_SYMMETRIC=0.
+  void* symmetric_buffer(size_t bytes) override;
 
   ncclComm_t comm() const { return comm_; }
   cudaStream_t stream() const { return stream_; }
@@ -43,6 +50,11 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   int size_ = 0;
   int rank_ = 0;
+  struct Window {
+    void* memory = nullptr;
+    void* handle = nullptr;  // ncclWindow_t
+  };
+  std::vector<Window> windows_;
 };
 
 }  // namespace retro::parallel

@@ -8,6 +8,7 @@
 // O and down projections produce partial sums (one all-reduce each per layer); the LM head produces
 // a block of logits (one all-gather per step).
 
+#include <cstddef>
 #include <cstdint>
 
 #include "runtime/model_config.h"
@@ -66,6 +67,12 @@ class DeviceShardCollectives {
   // fp32 send [count] of every rank (device) -> recv [group size * count], in group-rank order.
   virtual void all_gather_fp32(const float* send, int64_t count, float* recv) = 0;
   virtual CUstream_st* stream() const = 0;
+  // Device memory of at least `bytes` in which all_reduce_sum_bf16 runs faster (registered with the
+  // group), owned by the collectives; null when there is none. Every rank asks at the same point.
+  virtual void* symmetric_buffer(size_t bytes) {
+    (void)bytes;
+    return nullptr;
+  }
 };
 
 // `config` with the head and channel counts of `shard` (num_heads, num_kv_heads and

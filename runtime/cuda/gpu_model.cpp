@@ -110,6 +110,9 @@ struct GpuModel::Impl {
   // Workspaces for max_chunk tokens (ids and positions: wave mode, a whole prompt).
   // logits: [max_batch, vocab_chunk] fp32, this shard's vocabulary rows; gathered: [tp, max_batch,
   // vocab_chunk], every rank's (tp > 1).
+  // The residual stream of a chunk or decode batch: x, or the collectives' symmetric buffer, where
+  // the all-reduces after O and down run faster.
+  void* residual = nullptr;
   Buffer x, xn, q, attn, qkv, gate_up, mlp, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
   // Wave prefill, layer-major.
   Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
@@ -388,7 +391,7 @@ struct GpuModel::Impl {
     const ModelConfig& c = config;
     const int64_t h = c.hidden_size, d = c.head_dim, nq = c.num_heads, nkv = c.num_kv_heads;
     auto bf = [](const Buffer& b) { return static_cast<char*>(b.data()); };
-    RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), x.data(), n, h, c.vocab_size,
+    RETRO_CUDA_CHECK(embedding(embed.data(), static_cast<const int32_t*>(ids.data()), residual, n, h, c.vocab_size,
                                nullptr, stream));
     const auto* pos = static_cast<const int64_t*>(positions.data());
     for (size_t l = 0; l < layers.size(); ++l) {
@@ -396,7 +399,7 @@ struct GpuModel::Impl {
       if (decode_step) {
         // With an override the projections still run (their time is real) but attention reads the
         // override's rows: the pointers are fixed when the step is captured.
-        attention_inputs(L, x.data(), n, pos, k_new.data(), v_new.data());
+        attention_inputs(L, residual, n, pos, k_new.data(), v_new.data());
         if (wave_mode) {
           wave_kv[l]->append(decode_k(), decode_v(), int(n), stream);
           wave_kv[l]->attend(decode_q(), attn.data(), nullptr, int(n), sm_scale(), cache, stream);
@@ -424,7 +427,7 @@ struct GpuModel::Impl {
         const int64_t length = lengths[size_t(slot)];
         char* k_slot = bf(L.k_cache) + size_t(slot) * slot_elems * 2;
         char* v_slot = bf(L.v_cache) + size_t(slot) * slot_elems * 2;
-        attention_inputs(L, x.data(), n, pos, k_slot + length * nkv * d * 2, v_slot + length * nkv * d * 2);
+        attention_inputs(L, residual, n, pos, k_slot + length * nkv * d * 2, v_slot + length * nkv * d * 2);
         if (inputs_override.prompt_k) {
           // The cache keeps the rows for decode, so the override's rows are copied over the projected ones.
           const size_t offset = size_t(length * nkv * d) * 2, bytes = size_t(n * nkv * d) * 2;
@@ -435,10 +438,11 @@ struct GpuModel::Impl {
         }
         chunk_attention(k_slot, v_slot, n, length + n);
       }
-      attention_output_and_mlp(L, x.data(), n);
+      attention_output_and_mlp(L, residual, n);
     }
     // Prefill: the last token only. Decode: every row is a sequence's newest token.
-    if (want_logits) project_logits(bf(x) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, to);
+    if (want_logits)
+      project_logits(static_cast<char*>(residual) + (decode_step ? 0 : (n - 1) * h * 2), decode_step ? n : 1, to);
   }
 
   void prefill_chunk(int slot, const int32_t* tokens, int64_t n, float* host_logits) {
@@ -858,7 +862,12 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   // Wave prefill embeds and rotates the whole prompt at once.
   const int64_t id_rows = m.wave_mode ? std::max(chunk, max_tokens) : chunk;
   auto act = [&](size_t bytes) { return m.allocator->allocate(bytes, MemoryPurpose::kActivations); };
-  m.x = act(size_t(chunk * h) * 2);
+  const size_t residual_bytes = size_t(chunk * h) * 2;
+  if (m.collectives != nullptr) m.residual = m.collectives->symmetric_buffer(residual_bytes);
+  if (m.residual == nullptr) {
+    m.x = act(residual_bytes);
+    m.residual = m.x.data();
+  }
   m.xn = act(size_t(chunk * h) * 2);
   m.q = act(size_t(chunk * nq * d) * 2);
   m.attn = act(size_t(chunk * nq * d) * 2);

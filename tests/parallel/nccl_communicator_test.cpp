@@ -84,6 +84,44 @@ TEST_F(NcclGroup, AllReduceSumsFp32AndBf16OnTheDevice) {
   }
 }
 
+// The residual stream of a sharded GPU model lives in the group's symmetric buffer (NCCL symmetric
+// kernels): its all-reduce sums like the plain one, in graph capture too (the decode step's).
+TEST_F(NcclGroup, AllReduceInTheSymmetricBufferSumsLikeThePlainOne) {
+  const int n = 12 * 4096, size = comm_->size(), rank = comm_->rank();
+  void* buffer = comm_->symmetric_buffer(size_t(n) * sizeof(bf16));
+  if (buffer == nullptr) GTEST_SKIP() << "no symmetric window here (NCCL before 2.27, or RETRO_NCCL_SYMMETRIC=0)";
+  ASSERT_LE(size, 8) << "the bf16 values are chosen for at most 8 ranks";
+  std::vector<bf16> h(n);
+  for (int i = 0; i < n; ++i) h[i] = float_to_bf16(static_cast<float>((rank + 1) * (i % 8)));
+  const Tensor view(buffer, DType::kBF16, {n}, comm_->device());
+  auto check = [&](const char* how) {
+    std::vector<bf16> got(n);
+    RETRO_CUDA_CHECK(cudaMemcpy(got.data(), buffer, got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; ++i) {
+      float want = 0.0f;
+      for (int r = 0; r < size; ++r) want += static_cast<float>((r + 1) * (i % 8));
+      ASSERT_EQ(bf16_to_float(got[i]), want) << how << ", element " << i;
+    }
+  };
+  RETRO_CUDA_CHECK(cudaMemcpy(buffer, h.data(), h.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+  comm_->all_reduce_sum(view);
+  comm_->barrier();
+  check("eager");
+  // Captured and replayed, as the decode step runs it.
+  RETRO_CUDA_CHECK(cudaMemcpy(buffer, h.data(), h.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  comm_->all_reduce_sum(view);
+  RETRO_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  RETRO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  RETRO_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  comm_->barrier();
+  check("graph");
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 TEST_F(NcclGroup, AllGatherAndBroadcastOnTheDevice) {
   const int n = 7, size = comm_->size(), rank = comm_->rank();
   std::vector<int32_t> send(n);
