@@ -6,6 +6,7 @@
 
 #include "attention/cuda/wave_kv_ops.h"
 #include "attention/kmeans.h"
+#include "attention/wave_growth.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/swap.h"
 #include "runtime/core/error.h"
@@ -46,8 +47,9 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
   const size_t batch = size_t(shape.max_batch), groups = batch * size_t(hk);
   WaveLayerKvSizes z;
   RETRO_CHECK(num_layers > 0, "wave KV: {} layers", num_layers);
+  // Room for a due update segment to wait its slack (wave_growth.h) past the largest stagger.
   z.steady_capacity = int64_t(params.sink_tokens) + params.window_tokens + params.update_segment_tokens +
-                      wave_growth_stagger(params, num_layers - 1);
+                      wave_growth_stagger(params, num_layers - 1) + kWaveGrowthSlackTokens;
   // Every prefill segment adds at most one cluster over tokens / tokens_per_cluster, and every update
   // segment exactly update_clusters().
   const int64_t min_segment = std::min<int64_t>(params.segment_tokens, params.update_segment_tokens);
@@ -329,6 +331,11 @@ bool WaveLayerKv::growth_due(int slot) const {
   return slots_[size_t(slot)].steady >= growth_at_;
 }
 
+int64_t WaveLayerKv::growth_steps_left(int slot) const {
+  RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no update segment due", slot);
+  return growth_at_ + kWaveGrowthSlackTokens - slots_[size_t(slot)].steady;
+}
+
 void WaveLayerKv::grow(int slot, cudaStream_t stream) {
   RETRO_CHECK(growth_due(slot), "wave KV: slot {} has no full update segment ({} of {} steady rows)", slot,
               slots_[size_t(slot)].steady, growth_at_);
@@ -348,8 +355,8 @@ void WaveLayerKv::shift_steady(int slot, cudaStream_t stream) {
   char* ks = static_cast<char*>(k_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
   char* vs = static_cast<char*>(v_steady_.data()) + size_t(slot) * steady_capacity_ * row * 2;
   const int64_t keep = s.steady - sink - update;
-  RETRO_CHECK(keep >= 0 && keep <= window + wave_growth_stagger(params_, layer_), "wave KV: internal: {} rows left "
-              "after an update segment", keep);
+  RETRO_CHECK(keep >= 0 && keep <= window + wave_growth_stagger(params_, layer_) + kWaveGrowthSlackTokens,
+              "wave KV: internal: {} rows left after an update segment", keep);
   // The kept rows move down by `update` rows; in pieces of at most `update` rows no copy's source
   // overlaps its destination (the window may be longer than an update segment).
   for (int64_t done = 0; done < keep; done += update) {
@@ -454,7 +461,9 @@ void WaveLayerKv::check_append(int batch) const {
   RETRO_CHECK(batch > 0 && batch <= shape_.max_batch, "wave KV: batch {} of {} slots", batch, shape_.max_batch);
   for (int b = 0; b < batch; ++b) {
     const Slot& s = slots_[size_t(b)];
-    RETRO_CHECK(!growth_due(b), "wave KV: slot {} needs grow() before its next token", b);
+    RETRO_CHECK(s.steady < growth_at_ + kWaveGrowthSlackTokens,
+                "wave KV: slot {} needs grow() before its next token (its update segment waited {} steps)", b,
+                kWaveGrowthSlackTokens);
     RETRO_CHECK_KIND(s.clustered + s.steady < shape_.max_tokens, ErrorKind::kOutOfMemory,
                      "wave KV: slot {} is full ({} tokens)", b, shape_.max_tokens);
   }

@@ -16,6 +16,8 @@
 // attend() launches only (no host synchronisation, no allocation): a decode step made of append()
 // and attend() can be captured in a CUDA graph. build(), grow() and release() run between steps.
 // The host keeps the counts that decide when an update segment is due, so no step reads them back.
+// A due segment may wait up to kWaveGrowthSlackTokens appends (wave_growth.h: the steady zone has
+// the room), so a caller can spread the growth of many slots over several steps.
 
 #include <cuda_runtime.h>
 
@@ -134,14 +136,18 @@ class WaveLayerKv {
   void build(int slot, const void* k, const void* v, int64_t n, int64_t stride_token, cudaStream_t stream);
 
   // Appends one decode token per slot [0, batch): k_new, v_new [batch, num_kv_heads, head_dim] bf16.
-  // Throws (before launching anything) when an update segment is due in a slot: call grow() first.
+  // Throws (before launching anything) when a slot's due update segment has waited its slack
+  // (growth_steps_left() is 0): call grow() first.
   void append(const void* k_new, const void* v_new, int batch, cudaStream_t stream);
   // The host side of append() alone (its checks and the slots' token counts, which decide when
   // grow() is due), for a step whose append kernel ran inside a replayed CUDA graph.
   void advance(int batch);
-  // True when the slot's next append needs grow() first: its steady zone holds a full update
-  // segment past the window and this layer's growth stagger.
+  // True when grow() may run: the slot's steady zone holds a full update segment past the window
+  // and this layer's growth stagger.
   bool growth_due(int slot) const;
+  // For a due slot: appends it may still take before grow() must run (kWaveGrowthSlackTokens when
+  // it has just fallen due, 0 when the next append needs grow() first).
+  int64_t growth_steps_left(int slot) const;
   // Clusters the oldest update_segment_tokens of the slot's recent tokens as one new index segment
   // and moves them to the host store, keeping the last window_tokens in the steady zone.
   void grow(int slot, cudaStream_t stream);

@@ -17,6 +17,7 @@
 #include "attention/cuda/wave_build.h"
 #include "attention/cuda/wave_retrieve.h"
 #include "attention/cuda/wave_select.h"
+#include "attention/wave_growth.h"
 #include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/swap.h"
@@ -577,17 +578,27 @@ struct GpuModel::Impl {
     run_layers(batch, /*decode_step=*/true, /*want_logits=*/true, 0, &step, to);
   }
 
-  // Update segments are clustered eagerly between steps: grow() plans, may allocate and moves rows
-  // to the host store, none of which a captured step may do.
-  // The slots of a layer that are due together grow in one build.
+  // Update segments are clustered between steps: grow() plans, may allocate and moves rows to the
+  // host store, none of which a captured step may do. A due segment may wait its slack, so the
+  // segments a batch fills together are spread over the following steps (pick_growth); the slots
+  // of a layer picked together grow in one build.
   void grow_due_segments(int batch) {
-    std::vector<int> due;
-    for (auto& kv : wave_kv) {
-      due.clear();
+    std::vector<attention::DueSegment> due;
+    for (size_t l = 0; l < wave_kv.size(); ++l)
       for (int b = 0; b < batch; ++b)
-        if (kv->growth_due(b)) due.push_back(b);
-      if (!due.empty()) kv->grow(due, stream);
-      segments_grown += int64_t(due.size());
+        if (wave_kv[l]->growth_due(b)) due.push_back({int(l), b, wave_kv[l]->growth_steps_left(b)});
+    if (due.empty()) return;
+    std::vector<attention::DueSegment> picked = attention::pick_growth(std::move(due));
+    std::sort(picked.begin(), picked.end(), [](const attention::DueSegment& a, const attention::DueSegment& b) {
+      return a.layer != b.layer ? a.layer < b.layer : a.slot < b.slot;
+    });
+    std::vector<int> slots;
+    for (size_t i = 0; i < picked.size();) {
+      const int layer = picked[i].layer;
+      slots.clear();
+      for (; i < picked.size() && picked[i].layer == layer; ++i) slots.push_back(picked[i].slot);
+      wave_kv[size_t(layer)]->grow(slots, stream);
+      segments_grown += int64_t(slots.size());
     }
   }
 

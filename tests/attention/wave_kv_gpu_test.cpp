@@ -93,20 +93,24 @@ class FullRetrievalRun {
         kv_.release(1, nullptr);
         prefill(1, 2100);
       }
-      for (int b = 0; b < kBatch; ++b)
-        if (kv_.growth_due(b)) {
-          kv_.grow(b, nullptr);
-          ++grown;
-        }
       std::vector<float> kf, vf, qf;
       const std::vector<bf16> kn = rows_(kBatch, false, &kf), vn = rows_(kBatch, true, &vf);
+      ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
+      // Growth as soon as a segment is due, or (grow_late) only when it has waited all its slack,
+      // the latest a caller may (append refuses to take one more token).
+      for (int b = 0; b < kBatch; ++b) {
+        if (!kv_.growth_due(b)) continue;
+        if (grow_late && kv_.growth_steps_left(b) > 0) continue;
+        if (grow_late) EXPECT_THROW(kv_.append(dk_new, dv_new, kBatch, nullptr), retro::Error) << "slot " << b;
+        kv_.grow(b, nullptr);
+        ++grown;
+      }
       const std::vector<bf16> q = random_rows(rng_, kBatch, int64_t(kHq) * kD, &qf);
       for (int b = 0; b < kBatch; ++b) {
         seqs[size_t(b)].k.insert(seqs[size_t(b)].k.end(), kf.begin() + b * kRow, kf.begin() + (b + 1) * kRow);
         seqs[size_t(b)].v.insert(seqs[size_t(b)].v.end(), vf.begin() + b * kRow, vf.begin() + (b + 1) * kRow);
       }
-      ASSERT_CUDA(cudaMemcpy(dk_new, kn.data(), kn.size() * 2, cudaMemcpyHostToDevice));
-      ASSERT_CUDA(cudaMemcpy(dv_new, vn.data(), vn.size() * 2, cudaMemcpyHostToDevice));
       ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
       ASSERT_CUDA(cudaMemset(dout, 0xFF, size_t(kBatch) * kHq * kD * 2));
       ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(kBatch) * kHq * 4));
@@ -125,6 +129,7 @@ class FullRetrievalRun {
     for (void* p : {dq, dout, dk_new, dv_new, static_cast<void*>(dlse)}) cudaFree(p);
   }
 
+  bool grow_late = false;
   int grown = 0, checked = 0;
 
  private:
@@ -219,10 +224,14 @@ class FullRetrievalGpu : public ::testing::TestWithParam<bool> {
   std::mt19937 rng_;
 };
 
-class WaveKvGpu : public FullRetrievalGpu {};
+class WaveKvGpu : public FullRetrievalGpu {
+ protected:
+  // Full retrieval equals dense attention with update segments grown as soon as due, or as late as
+  // their slack allows (the rows a waiting segment keeps in the steady zone are attended there).
+  void full_retrieval_equals_dense(bool with_cache, bool grow_late);
+};
 
-TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
-  const bool with_cache = GetParam();
+void WaveKvGpu::full_retrieval_equals_dense(bool with_cache, bool grow_late) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   std::mt19937& rng = rng_;
   const WaveIndexParams params = full_retrieval_params();
@@ -237,6 +246,7 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
   FullRetrievalRun run(kv, cache, rng, [&](int64_t tokens, bool, std::vector<float>* append) {
     return random_rows(rng, tokens, row, append);
   });
+  run.grow_late = grow_late;
   run.prefill(0, 3000);
   run.prefill(1, 1500);
   EXPECT_EQ(kv.length(0), 3000);
@@ -271,7 +281,8 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
       }
     }
   });
-  EXPECT_GE(run.grown, 3);  // both slots crossed update segments
+  // At once: both slots crossed update segments; late: slot 0's first segment waited its slack.
+  EXPECT_GE(run.grown, grow_late ? 1 : 3);
   EXPECT_GT(run.checked, 40);
   const cuda::WaveKvStats st = kv.stats(batch, nullptr);
   EXPECT_EQ(st.retrieved_clusters, st.non_empty_clusters);  // every cluster retrieved
@@ -283,6 +294,11 @@ TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) {
     EXPECT_GT(c.miss_parts, 0u);
     EXPECT_GT(c.admitted_parts, 0u);
   }
+}
+
+TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttention) { full_retrieval_equals_dense(GetParam(), false); }
+TEST_P(WaveKvGpu, FullRetrievalEqualsDenseAttentionWhenGrowthWaitsItsSlack) {
+  full_retrieval_equals_dense(GetParam(), true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cache, WaveKvGpu, ::testing::Values(false, true),
