@@ -83,6 +83,36 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const __nv_bfloat16* ba
   }
 }
 
+// What one CTA of either prefill kernel works on: kBlockM query rows of one query head (the heavy,
+// late blocks first, so the causal triangle's long CTAs start early) and the K/V tiles of kBlockN
+// tokens up to its last row's position.
+struct PrefillBlock {
+  int64_t q_row0;  // first query row
+  int64_t offset;  // position of query row 0 (n_kv - n_q)
+  int head;
+  const __nv_bfloat16* qh;  // the head's Q, K and V columns
+  const __nv_bfloat16* kh;
+  const __nv_bfloat16* vh;
+  int num_tiles;
+};
+template <int kHeadDim, int kBlockM, int kBlockN>
+__device__ __forceinline__ PrefillBlock prefill_block(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                                      const __nv_bfloat16* v, int64_t kv_stride_head, int64_t n_q,
+                                                      int64_t n_kv, int group) {
+  PrefillBlock b;
+  const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
+  b.q_row0 = (num_m_blocks - 1 - blockIdx.x) * kBlockM;
+  b.offset = n_kv - n_q;
+  b.head = blockIdx.y;
+  const int kv_head = b.head / group;
+  b.qh = q + int64_t(b.head) * kHeadDim;
+  b.kh = k + int64_t(kv_head) * kv_stride_head;
+  b.vh = v + int64_t(kv_head) * kv_stride_head;
+  const int64_t kv_end = min(n_kv, b.offset + min(b.q_row0 + kBlockM, n_q));
+  b.num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
+  return b;
+}
+
 // kMTiles: m16 tiles per warp (each K/V fragment read from shared memory feeds all of them).
 template <int kHeadDim, int kMTiles, int kBlockN>
 struct PrefillTile {
@@ -112,22 +142,11 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   auto sk = [&](int stage) { return sk0 + uint32_t(stage) * 2u * kTileBytes; };
   auto sv = [&](int stage) { return sk0 + uint32_t(stage) * 2u * kTileBytes + kTileBytes; };
 
-  // Heavy (late) query blocks first so the causal triangle's long CTAs start early.
-  const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
-  const int64_t m_block = num_m_blocks - 1 - blockIdx.x;
-  const int head = blockIdx.y;
-  const int kv_head = head / group;
+  const PrefillBlock blk = prefill_block<kHeadDim, kBlockM, kBlockN>(q, k, v, kv_stride_head, n_q, n_kv, group);
+  const int64_t q_row0 = blk.q_row0, offset = blk.offset;
+  const int head = blk.head, num_tiles = blk.num_tiles;
+  const __nv_bfloat16 *qh = blk.qh, *kh = blk.kh, *vh = blk.vh;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t q_row0 = m_block * kBlockM;
-  const int64_t offset = n_kv - n_q;  // position of query row 0
-
-  const __nv_bfloat16* qh = q + int64_t(head) * kHeadDim;
-  const __nv_bfloat16* kh = k + int64_t(kv_head) * kv_stride_head;
-  const __nv_bfloat16* vh = v + int64_t(kv_head) * kv_stride_head;
-
-  // KV tiles this CTA needs: up to the last query row's position.
-  const int64_t kv_end = min(n_kv, offset + min(q_row0 + kBlockM, n_q));
-  const int num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
 
   load_tile<kHeadDim, kBlockM>(sq, qh, q_stride_token, q_row0, n_q);
   load_tile<kHeadDim, kBlockN>(sk(0), kh, kv_stride_token, 0, n_kv);

@@ -159,22 +159,12 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
   auto sk = [&](int tile) { return sk0 + uint32_t(tile % kStages) * 2u * Tile::kKvBytes; };
   auto sv = [&](int tile) { return sk0 + uint32_t(tile % kStages) * 2u * Tile::kKvBytes + Tile::kKvBytes; };
 
-  // Heavy (late) query blocks first so the causal triangle's long CTAs start early.
-  const int64_t num_m_blocks = (n_q + kBlockM - 1) / kBlockM;
-  const int64_t m_block = num_m_blocks - 1 - blockIdx.x;
-  const int head = blockIdx.y;
-  const int kv_head = head / group;
+  const PrefillBlock blk = prefill_block<kHeadDim, kBlockM, kBlockN>(q, k, v, kv_stride_head, n_q, n_kv, group);
+  const int64_t q_row0 = blk.q_row0, offset = blk.offset;
+  const int head = blk.head, num_tiles = blk.num_tiles;
+  const __nv_bfloat16 *qh = blk.qh, *kh = blk.kh, *vh = blk.vh;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int64_t q_row0 = m_block * kBlockM;
-  const int64_t offset = n_kv - n_q;  // position of query row 0
-
-  const __nv_bfloat16* qh = q + int64_t(head) * kHeadDim;
-  const __nv_bfloat16* kh = k + int64_t(kv_head) * kv_stride_head;
-  const __nv_bfloat16* vh = v + int64_t(kv_head) * kv_stride_head;
-
-  const int64_t kv_end = min(n_kv, offset + min(q_row0 + kBlockM, n_q));
-  const int num_tiles = int((kv_end + kBlockN - 1) / kBlockN);
   auto load_kv = [&](int tile) {
     load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(tile), kh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
     load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(tile), vh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
