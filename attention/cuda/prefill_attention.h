@@ -36,8 +36,8 @@ struct PrefillAttentionParams {
   PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
-// Whether the wgmma kernel can run on the current device: the build has sm_90a code and the
-// device is compute capability 9.0.
+// Whether the wgmma kernel can run on the current device: the build has sm_90a code, the device is
+// compute capability 9.0 and RETRO_PREFILL_KERNEL is not `mma`.
 bool prefill_wgmma_available();
 
 // Checks the arguments and launches (no synchronisation).

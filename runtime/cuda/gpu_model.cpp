@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -588,7 +590,12 @@ struct GpuModel::Impl {
       for (int b = 0; b < batch; ++b)
         if (wave_kv[l]->growth_due(b)) due.push_back({int(l), b, wave_kv[l]->growth_steps_left(b)});
     if (due.empty()) return;
-    std::vector<attention::DueSegment> picked = attention::pick_growth(std::move(due));
+    // RETRO_WAVE_GROWTH=eager: every due segment at once (no spreading).
+    static const bool eager = [] {
+      const char* env = std::getenv("RETRO_WAVE_GROWTH");
+      return env != nullptr && std::string_view(env) == "eager";
+    }();
+    std::vector<attention::DueSegment> picked = eager ? std::move(due) : attention::pick_growth(std::move(due));
     std::sort(picked.begin(), picked.end(), [](const attention::DueSegment& a, const attention::DueSegment& b) {
       return a.layer != b.layer ? a.layer < b.layer : a.slot < b.slot;
     });
