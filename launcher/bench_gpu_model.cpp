@@ -232,8 +232,8 @@ class SyntheticAttentionInputs {
 };
 
 // Mean time of one bf16 all-reduce of `rows` hidden rows over the model's group, on its stream, in
-// microseconds (0 for a whole model): 64 after 8 untimed, in `symmetric` (the group's symmetric
-// buffer, as the model's residual stream uses) where there is one.
+// microseconds (0 for a whole model): 64 in a replayed graph after 8 untimed, in `symmetric` (the
+// group's symmetric buffer, as the model's residual stream uses) where there is one.
 double all_reduce_us(parallel::GpuModelShard& shard, Allocator& device, int64_t rows, void* symmetric) {
   if (shard.plan().shard.is_whole()) return 0.0;
   parallel::Communicator& comm = shard.device_group();
@@ -250,10 +250,32 @@ double all_reduce_us(parallel::GpuModelShard& shard, Allocator& device, int64_t 
   constexpr int kWarmup = 8, kReps = 64;
   for (int i = 0; i < kWarmup; ++i) comm.all_reduce_sum(view);
   comm.barrier();
-  const auto a = std::chrono::steady_clock::now();
+  // As the decode step runs them: captured in a graph and replayed, so host launch times stay out;
+  // timed on the stream between events. The ranks start together (barrier), and the first one
+  // waits for the slowest once in 64.
+  cudaStream_t stream = shard.stream();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  RETRO_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < kReps; ++i) comm.all_reduce_sum(view);
+  RETRO_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  RETRO_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  RETRO_CUDA_CHECK(cudaEventCreate(&start));
+  RETRO_CUDA_CHECK(cudaEventCreate(&stop));
+  RETRO_CUDA_CHECK(cudaGraphLaunch(exec, stream));  // first replay uploads the graph
   comm.barrier();
-  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count() / kReps;
+  RETRO_CUDA_CHECK(cudaEventRecord(start, stream));
+  RETRO_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  RETRO_CUDA_CHECK(cudaEventRecord(stop, stream));
+  comm.barrier();
+  float ms = 0.0f;
+  RETRO_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return double(ms) * 1e3 / kReps;
 }
 
 // fmt::print on world rank 0 only.

@@ -52,6 +52,8 @@ class GpuModelShard {
   const ShardingPlan& plan() const { return plan_; }
   // The device communicator of the group (a one-rank no-op when tp is 1).
   Communicator& device_group() { return *device_group_; }
+  // The stream the model and the group's collectives run on (null when tp is 1: the model's own).
+  cudaStream_t stream() const { return stream_; }
 
  private:
   void release() noexcept;  // in dependency order: model, collectives, communicator, stream
