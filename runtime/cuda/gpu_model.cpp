@@ -113,10 +113,10 @@ struct GpuModel::Impl {
   // Workspaces for max_chunk tokens (ids and positions: wave mode, a whole prompt).
   // logits: [max_batch, vocab_chunk] fp32, this shard's vocabulary rows; gathered: [tp, max_batch,
   // vocab_chunk], every rank's (tp > 1).
-  // The residual stream of a chunk or decode batch: x, or the collectives' symmetric buffer, where
-  // the all-reduces after O and down run faster.
-  void* residual = nullptr;
   Buffer x, xn, q, attn, qkv, gate_up, mlp, logits, gathered, ids, positions, seq_len, inv_freq, k_new, v_new, cublas_ws;
+  // The residual stream of a chunk or decode batch: x, or (x left empty) the collectives' symmetric
+  // buffer, where the all-reduces after O and down run faster.
+  void* residual = nullptr;
   // Wave prefill, layer-major.
   Buffer hidden;              // [max_tokens, hidden] bf16: the residual stream of every prompt token
   // [max_tokens, kv_heads, head_dim] bf16: one layer's K/V of the prompt, two layers' in turn: layer l
