@@ -125,6 +125,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
                          testing::Combine(testing::Values(PrefillCase{1000, 1000, 8, 2, 128},  // whole prompt, GQA 4
                                                           PrefillCase{300, 2077, 8, 2, 128},  // a chunk over a prefix
                                                           PrefillCase{1, 700, 8, 2, 128},     // a single query
+                                                          PrefillCase{100, 100, 8, 2, 128},   // one K/V tile
                                                           PrefillCase{517, 517, 8, 8, 64},    // MHA, head_dim 64
                                                           PrefillCase{129, 4000, 16, 2, 64}),  // GQA 8
                                           testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma,
