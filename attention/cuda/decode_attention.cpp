@@ -68,6 +68,17 @@ DecodeAttentionPlan plan_decode_attention(int batch, int num_q_heads, int num_kv
   return plan;
 }
 
+DecodeAttentionPartials decode_attention_partials(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
+                                                  const void* workspace) {
+  DecodeAttentionPartials parts;
+  if (plan.num_splits <= 1) return parts;
+  // The layout launch() carves (decode_attention.cu).
+  parts.o = static_cast<const float*>(workspace);
+  parts.lse = parts.o + int64_t(p.batch) * p.num_q_heads * plan.num_splits * p.head_dim;
+  parts.num_splits = plan.num_splits;
+  return parts;
+}
+
 void run_decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* workspace,
                           cudaStream_t stream) {
   check_shape(p.batch, p.num_q_heads, p.num_kv_heads, p.head_dim);

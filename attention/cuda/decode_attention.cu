@@ -26,7 +26,7 @@ cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& pl
       p.num_q_heads, plan.tokens_per_split, scale_log2, static_cast<__nv_bfloat16*>(p.out), p.lse, out_partial,
       lse_partial);
   cudaError_t st = cudaGetLastError();
-  if (st != cudaSuccess || plan.num_splits == 1) return st;
+  if (st != cudaSuccess || plan.num_splits == 1 || p.keep_partials) return st;
   kernels::merge_splits_kernel<kHeadDim><<<p.batch * p.num_q_heads, kHeadDim, 0, stream>>>(
       out_partial, lse_partial, plan.num_splits, static_cast<__nv_bfloat16*>(p.out), p.lse);
   return cudaGetLastError();

@@ -38,6 +38,10 @@ struct DecodeAttentionParams {
   int num_kv_heads = 0;
   int head_dim = 0;       // 64 or 128
   float sm_scale = 0.0f;  // usually 1/sqrt(head_dim)
+  // With more than one split: leave the splits' partial states in the workspace
+  // (decode_attention_partials) for the caller's own merge, out and lse untouched. One split
+  // writes out and lse either way.
+  bool keep_partials = false;
 };
 
 struct DecodeAttentionPlan {
@@ -54,6 +58,17 @@ DecodeAttentionPlan plan_decode_attention(int batch, int num_q_heads, int num_kv
 // Checks the arguments, then launches. workspace: device memory of plan.workspace_bytes (ignored when 0).
 void run_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan, void* workspace,
                           cudaStream_t stream);
+
+// Where a run with keep_partials left the splits' states in `workspace`: o [batch, num_q_heads,
+// num_splits, head_dim] fp32 (each split's normalised output) and lse [batch, num_q_heads,
+// num_splits] fp32 base 2 (-inf: the split saw no token). Null pointers when the plan has one split.
+struct DecodeAttentionPartials {
+  const float* o = nullptr;
+  const float* lse = nullptr;
+  int num_splits = 1;
+};
+DecodeAttentionPartials decode_attention_partials(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan,
+                                                  const void* workspace);
 
 // The bare launch without checks (decode_attention.cu); returns the launch status.
 cudaError_t launch_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan,

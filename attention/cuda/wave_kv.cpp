@@ -504,7 +504,10 @@ void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float 
   dp.num_kv_heads = hk;
   dp.head_dim = d;
   dp.sm_scale = sm_scale;
-  run_decode_attention(dp, *steady_plans_[size_t(batch - 1)], steady_ws_.data(), stream);
+  dp.keep_partials = true;  // merged with the other zones below, one kernel fewer
+  const DecodeAttentionPlan& steady_plan = *steady_plans_[size_t(batch - 1)];
+  run_decode_attention(dp, steady_plan, steady_ws_.data(), stream);
+  const DecodeAttentionPartials steady_parts = decode_attention_partials(dp, steady_plan, steady_ws_.data());
 
   WaveIndexView index;
   index.num_groups = batch * hk;
@@ -546,6 +549,9 @@ void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float 
   rp.q = q;
   rp.steady_o = steady_o_.data();
   rp.steady_lse = ptr<float>(steady_lse_);
+  rp.steady_o_part = steady_parts.o;
+  rp.steady_lse_part = steady_parts.lse;
+  rp.steady_splits = steady_parts.num_splits;
   rp.out = out;
   rp.lse = lse;
   rp.sm_scale = sm_scale;

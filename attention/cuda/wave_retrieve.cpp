@@ -79,7 +79,10 @@ void run_wave_retrieve(const WaveRetrieveParams& p, const WaveRetrievePlan& plan
                   sel.estimate_lse != nullptr,
               "wave retrieve: selection without ids, counts or estimation state");
   RETRO_CHECK(p.q != nullptr && aligned16(p.q), "wave retrieve: q must be 16-byte aligned device memory");
-  RETRO_CHECK(p.steady_o != nullptr && p.steady_lse != nullptr, "wave retrieve: steady zone state missing");
+  RETRO_CHECK(p.steady_splits >= 1, "wave retrieve: {} steady-zone splits", p.steady_splits);
+  RETRO_CHECK(p.steady_splits > 1 ? p.steady_o_part != nullptr && p.steady_lse_part != nullptr
+                                  : p.steady_o != nullptr && p.steady_lse != nullptr,
+              "wave retrieve: steady zone state missing");
   RETRO_CHECK(p.out != nullptr, "wave retrieve: no output");
   RETRO_CHECK(std::isfinite(p.sm_scale) && p.sm_scale > 0.0f, "wave retrieve: sm_scale {}", p.sm_scale);
   const WaveCacheView& c = p.cache;

@@ -586,7 +586,8 @@ __global__ void __launch_bounds__(kRetrieveWarps * 32, kGroup <= 4 ? 3 : 1)
 }
 
 // Merge of the zones, one CTA of head_dim threads per (group, query head) row = b * num_q_heads + head:
-// the retrieval partials of the group's CTAs, the estimation zone and the steady zone. A state with
+// the retrieval partials of the group's CTAs, the estimation zone and the steady zone (one state or
+// its decode attention's split states). A state with
 // lse -inf is skipped, so its o is never read into the sum (it may hold anything).
 template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim)
@@ -599,9 +600,14 @@ __global__ void __launch_bounds__(kHeadDim)
   const float* lse_part = ws.lse_part + g * num_splits * group_size + r;  // split s at s * group_size
   const float* o_part = ws.o_part + (g * num_splits * group_size + r) * kHeadDim + d;
   const float est_lse = p.selection.estimate_lse[row] * kLog2e;
-  const float steady_lse = p.steady_lse[row] * kLog2e;
+  // The steady zone: one state, or the split states of its decode attention (base-2 LSEs).
+  const int steady_splits = p.steady_splits;
+  const float steady_lse = steady_splits > 1 ? -INFINITY : p.steady_lse[row] * kLog2e;
+  const float* steady_lse_part = steady_splits > 1 ? p.steady_lse_part + row * steady_splits : nullptr;
   float mm = fmaxf(est_lse, steady_lse);
   for (int s = 0; s < num_splits; ++s) mm = fmaxf(mm, lse_part[int64_t(s) * group_size]);
+  if (steady_splits > 1)
+    for (int s = 0; s < steady_splits; ++s) mm = fmaxf(mm, steady_lse_part[s]);
   float sum = 0.0f, a = 0.0f;
   if (mm != -INFINITY) {
     for (int s = 0; s < num_splits; ++s) {
@@ -620,6 +626,15 @@ __global__ void __launch_bounds__(kHeadDim)
       const float w = exp2f(steady_lse - mm);
       sum += w;
       a += w * __bfloat162float(static_cast<const __nv_bfloat16*>(p.steady_o)[row * kHeadDim + d]);
+    }
+    if (steady_splits > 1) {
+      for (int s = 0; s < steady_splits; ++s) {
+        const float x = steady_lse_part[s];
+        if (x == -INFINITY) continue;
+        const float w = exp2f(x - mm);
+        sum += w;
+        a += w * p.steady_o_part[(row * steady_splits + s) * kHeadDim + d];
+      }
     }
   }
   static_cast<__nv_bfloat16*>(p.out)[row * kHeadDim + d] = __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);

@@ -47,6 +47,11 @@ struct WaveRetrieveParams {
   const void* q = nullptr;            // [batch, num_q_heads, head_dim] bf16: group g's heads at q + g * G * head_dim
   const void* steady_o = nullptr;     // [batch, num_q_heads, head_dim] bf16, steady-zone output
   const float* steady_lse = nullptr;  // [batch, num_q_heads] fp32 natural log; -inf: empty steady zone
+  // Or, when steady_splits > 1, the steady zone as the split states of decode attention run with
+  // keep_partials (decode_attention_partials): merged here, which saves that kernel its own merge.
+  const float* steady_o_part = nullptr;
+  const float* steady_lse_part = nullptr;
+  int steady_splits = 1;
   void* out = nullptr;                // [batch, num_q_heads, head_dim] bf16
   float* lse = nullptr;               // [batch, num_q_heads] fp32 natural log, may be null
   float sm_scale = 0.0f;              // usually 1 / sqrt(head_dim)

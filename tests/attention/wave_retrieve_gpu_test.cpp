@@ -380,6 +380,45 @@ class World {
         }
       }
     }
+    if (steady_splits > 1) split_steady_zone();
+  }
+
+  // The steady zone as steady_splits split states instead (as decode attention with keep_partials
+  // leaves them: normalised fp32 outputs, base-2 LSEs, -inf for a split that saw nothing); the
+  // reference merges them in double precision.
+  void split_steady_zone() {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+    const int d = s_.head_dim, S = steady_splits;
+    const size_t rows = steady_lse_.size();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    steady_o_part_.assign(rows * S * d, 0.0f);
+    steady_lse_part_.assign(rows * S, 0.0f);
+    steady_ref_o_.assign(rows * d, 0.0);
+    for (size_t row = 0; row < rows; ++row) {
+      const bool empty = !std::isfinite(steady_lse_[row]);  // random_zones' choice, kept
+      double m = -kInf, sum = 0.0;
+      for (int s = 0; s < S; ++s) {
+        const bool split_empty = empty || uni(rng_) < 0.3f;
+        const float lse2 = split_empty ? -std::numeric_limits<float>::infinity() : 3.0f + 10.0f * uni(rng_);
+        steady_lse_part_[row * S + s] = lse2;
+        for (int i = 0; i < d; ++i) steady_o_part_[(row * S + s) * d + i] = split_empty ? nan : 0.5f * normal(rng_);
+        m = std::max(m, double(lse2));
+      }
+      if (m == -kInf) {
+        steady_lse_[row] = -std::numeric_limits<float>::infinity();
+        continue;
+      }
+      for (int s = 0; s < S; ++s) {
+        const double x = steady_lse_part_[row * S + s];
+        if (x == -kInf) continue;
+        const double w = std::exp2(x - m);
+        sum += w;
+        for (int i = 0; i < d; ++i) steady_ref_o_[row * d + i] += w * steady_o_part_[(row * S + s) * d + i];
+      }
+      for (int i = 0; i < d; ++i) steady_ref_o_[row * d + i] /= sum;
+      steady_lse_[row] = float((m + std::log2(sum)) * std::log(2.0));  // natural log, for the reference
+    }
   }
 
   cuda::WaveRetrieveParams params(const cuda::WaveCacheView& cache) const {
@@ -410,6 +449,11 @@ class World {
     p.q = d_q_.get();
     p.steady_o = d_steady_o_.get();
     p.steady_lse = d_steady_lse_.as<float>();
+    if (steady_splits > 1) {
+      p.steady_o_part = d_steady_o_part_.as<float>();
+      p.steady_lse_part = d_steady_lse_part_.as<float>();
+      p.steady_splits = steady_splits;
+    }
     p.out = d_out_.get();
     p.lse = d_lse_.as<float>();
     p.sm_scale = 1.0f / std::sqrt(float(s_.head_dim));
@@ -431,6 +475,10 @@ class World {
     upload(d_est_lse_, est_lse_);
     upload(d_steady_o_, steady_o_);
     upload(d_steady_lse_, steady_lse_);
+    if (steady_splits > 1) {
+      upload(d_steady_o_part_, steady_o_part_);
+      upload(d_steady_lse_part_, steady_lse_part_);
+    }
   }
   void poison_outputs() {
     d_out_.poison();
@@ -511,7 +559,7 @@ class World {
         }
         if (std::isfinite(steady_lse_[row])) {
           std::vector<double> o(d);
-          for (int i = 0; i < d; ++i) o[i] = bf(steady_o_[row * d + i]);
+          for (int i = 0; i < d; ++i) o[i] = steady_splits > 1 ? steady_ref_o_[row * d + i] : bf(steady_o_[row * d + i]);
           zones.push_back({steady_lse_[row], o});
         }
         double m = -kInf;
@@ -548,6 +596,7 @@ class World {
   DeviceMem workspace;
   std::vector<bf16> out;
   std::vector<float> lse;
+  int steady_splits = 1;  // > 1: random_zones gives the steady zone as split states
 
  private:
   char* row_ptr(const PinnedMem* pool, int g, int64_t row) const {
@@ -575,6 +624,9 @@ class World {
   std::vector<int64_t> uids_;
   std::vector<bf16> q_, steady_o_;
   std::vector<float> est_o_, est_lse_, steady_lse_;
+  std::vector<float> steady_o_part_, steady_lse_part_;  // steady_splits > 1
+  std::vector<double> steady_ref_o_;                    // their merge, for the reference
+  DeviceMem d_steady_o_part_, d_steady_lse_part_;
   DeviceMem d_k_pages_, d_v_pages_, d_num_clusters_, d_sizes_, d_begin_, d_k_scale_, d_v_scale_, d_ids_, d_count_,
       d_uids_, d_q_, d_est_o_, d_est_lse_, d_steady_o_, d_steady_lse_, d_out_, d_lse_;
 };
@@ -847,6 +899,24 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"fp8_g7_d128_large", with_fp8(make_shape(1, 4, 7, 128, 32, 300, 150, 4096)), true},
                     Case{"fp8_g1_d128_no_cache", with_fp8(make_shape(2, 2, 1, 128, 32, 40, 24, 100)), false}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// The steady zone handed over as the split states of its decode attention (keep_partials) merges like
+// one state: some splits empty, some rows' whole steady zone empty.
+TEST_F(WaveRetrieveGpu, SteadyZoneAsSplitStatesMergesLikeOneState) {
+  RETRO_SEEDED(seed);
+  for (const Shape& shape : {make_shape(2, 2, 4, 128, 32, 40, 24, 100), make_shape(3, 2, 5, 64, 32, 40, 30, 64)}) {
+    World w(shape, seed);
+    for (int g = 0; g < shape.groups(); ++g) {
+      w.set_uid(g, g + 1);
+      w.select_random(g, g == 1 ? 0 : std::uniform_int_distribution<int>(1, shape.retrieve_capacity)(w.rng()),
+                      shape.clusters);
+    }
+    w.steady_splits = 3;
+    w.random_zones();
+    w.run(cuda::WaveCacheView{});
+    w.expect_matches_reference("steady zone in 3 split states, head_dim " + std::to_string(shape.head_dim));
+  }
+}
 
 // A tiny cache (3 sets of 2 ways) under selections that force evictions and re-admissions over many
 // steps; groups get new sequences (new rows, fresh uid), a group is invalidated and rewritten under
