@@ -6,11 +6,6 @@
 
 namespace retro::attention::cuda {
 
-cudaError_t launch_wave_cache_advance(const WaveCacheView& cache, cudaStream_t stream) {
-  kernels::cache_advance_kernel<unsigned long long><<<1, 1, 0, stream>>>(cache.step);
-  return cudaGetLastError();
-}
-
 cudaError_t launch_wave_cache_invalidate(const WaveCacheView& cache, const int64_t* uids, int count,
                                          cudaStream_t stream) {
   if (count <= 0 || cache.num_sets <= 0) return cudaSuccess;

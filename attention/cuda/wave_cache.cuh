@@ -42,12 +42,6 @@ __device__ __forceinline__ int64_t cache_claim(const WaveCacheView& cache, uint6
   }
 }
 
-// A template only so that every translation unit including this header may hold it.
-template <typename Counter>
-__global__ void cache_advance_kernel(Counter* step) {
-  *step += 1;
-}
-
 // Frees every slot whose tag belongs to one of uids[0, count): uids go through shared memory in
 // chunks, each thread checks its slots against the chunk.
 template <int kThreads>

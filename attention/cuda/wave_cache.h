@@ -14,7 +14,8 @@
 // can be captured in a CUDA graph.
 //
 // One lookup, run by run_wave_retrieve (wave_retrieve.h) for every layer of every decode step:
-//   advance   the device step counter is incremented by a kernel (graph replays advance it too);
+//   step      the lookup's step is the device step counter + 1; the lookup's last kernel (the zone
+//             merge) advances the counter, so graph replays advance it too;
 //   phase 1   every requested part that is present is a hit and is stamped with the current step,
 //             so nothing requested this step can be evicted this step;
 //   phase 2   every miss claims the least recently used way of its set whose stamp is older than
@@ -175,7 +176,6 @@ void reset_wave_cache_counters(const WaveCacheView& cache, cudaStream_t stream);
 WaveCacheCounters read_wave_cache_counters(const WaveCacheView& cache, cudaStream_t stream);
 
 // The bare launches (wave_cache.cu); they return the launch status.
-cudaError_t launch_wave_cache_advance(const WaveCacheView& cache, cudaStream_t stream);
 cudaError_t launch_wave_cache_invalidate(const WaveCacheView& cache, const int64_t* uids, int count,
                                          cudaStream_t stream);
 

@@ -19,7 +19,6 @@ cudaError_t launch(const WaveRetrieveParams& p, const WaveRetrievePlan& plan, vo
   const RetrieveWorkspace ws = wave_retrieve_workspace(plan, workspace);
   const bool cached = p.cache.num_sets > 0;
   cudaError_t st = cudaSuccess;
-  if (cached && (st = launch_wave_cache_advance(p.cache, stream)) != cudaSuccess) return st;
   kernels::retrieve_lookup_kernel<kLookupThreads>
       <<<plan.num_groups, kLookupThreads, 0, stream>>>(p, ws, plan.part_capacity, plan.slot_tokens);
   if ((st = cudaGetLastError()) != cudaSuccess) return st;

@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(kThreads)
   const int count = clamped_retrieve_count(p.selection, g);
   const bool cached = p.cache.num_sets > 0;
   const int64_t uid = cached ? p.group_uids[g] : -1;
-  const unsigned long long step = cached ? *p.cache.step : 0;
+  // This lookup's step: the counter + 1 (merge_zones_kernel, the lookup's last kernel, advances it).
+  const unsigned long long step = cached ? *p.cache.step + 1 : 0;
   const int32_t* ids = p.selection.retrieve_ids + int64_t(g) * cap;
   const int64_t entry0 = int64_t(g) * p.index.cluster_capacity;
   int32_t* first_part = ws.part_offsets + int64_t(g) * (cap + 1);
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
   const int cap = p.selection.retrieve_capacity;
   const int count = clamped_retrieve_count(p.selection, g);
   const int64_t uid = p.group_uids[g];
-  const unsigned long long step = *p.cache.step;
+  const unsigned long long step = *p.cache.step + 1;  // as in retrieve_lookup_kernel
   const int32_t* first_part = ws.part_offsets + int64_t(g) * (cap + 1);
   const RetrieveCluster* clusters = ws.clusters + int64_t(g) * cap;
   int32_t* slots = ws.part_slots + int64_t(g) * part_capacity;
@@ -639,6 +640,9 @@ __global__ void __launch_bounds__(kHeadDim)
   }
   static_cast<__nv_bfloat16*>(p.out)[row * kHeadDim + d] = __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
   if (p.lse != nullptr && d == 0) p.lse[row] = sum > 0.0f ? (mm + log2f(sum)) * kLn2 : -INFINITY;
+  // The lookup is done (the kernels before this one read the step counter + 1): the counter
+  // advances for the next one. No block of this kernel reads it.
+  if (p.cache.num_sets > 0 && row == 0 && d == 0) *p.cache.step += 1;
 }
 
 }  // namespace retro::attention::cuda::kernels
