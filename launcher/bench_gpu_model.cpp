@@ -91,6 +91,34 @@ struct GpuModelBenchOptions {
   int layers = 0;  // run the model's first N layers only (0: all): a large shape on fewer GPUs
 };
 
+// What the options ask for, checked: a bad command line is refused before any device is touched
+// (in builds without CUDA too).
+struct ModelBenchRun {
+  std::vector<int64_t> contexts, batches;
+  int64_t max_context = 0;
+  int max_batch = 0;
+  bool wave = false, synthetic = false, fill_synthetic = false;
+  bool decode = false;      // false: prefill only (bench prefill, --decode-tokens 0)
+  int64_t decode_rows = 0;  // positions a sequence reaches past its prompt: warm-up and timed steps
+};
+
+ModelBenchRun plan_model_bench(const GpuModelBenchOptions& o) {
+  ModelBenchRun r;
+  r.contexts = parse_size_list(o.contexts, "--context");
+  r.batches = parse_size_list(o.batches, "--batch");
+  r.max_context = *std::max_element(r.contexts.begin(), r.contexts.end());
+  r.max_batch = static_cast<int>(*std::max_element(r.batches.begin(), r.batches.end()));
+  r.wave = o.attention == "wave";
+  r.synthetic = o.workload == "synthetic";
+  RETRO_CHECK(o.decode_tokens >= 0, "--decode-tokens must be >= 0, got {}", o.decode_tokens);
+  r.decode = o.decode_tokens > 0;
+  r.decode_rows = r.decode ? kWarmupSteps + o.decode_tokens : 0;
+  r.fill_synthetic = o.fill == "synthetic";
+  RETRO_CHECK(!r.fill_synthetic || r.synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
+              "--workload synthetic");
+  return r;
+}
+
 #ifdef RETRO_WITH_CUDA
 runtime::cuda::GpuModelOptions gpu_options(const GpuModelBenchOptions& o, int max_batch) {
   runtime::cuda::GpuModelOptions g;
@@ -284,21 +312,12 @@ void say(bool leader, fmt::format_string<T...> format, T&&... args) {
   if (leader) fmt::print(format, std::forward<T>(args)...);
 }
 
-void run_gpu_model_bench(const GpuModelBenchOptions& o) {
-  // The options first: a bad command line is refused before any device is touched.
-  std::vector<int64_t> contexts = parse_size_list(o.contexts, "--context");
-  std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
-  const int64_t max_context = *std::max_element(contexts.begin(), contexts.end());
-  const int max_batch = static_cast<int>(*std::max_element(batches.begin(), batches.end()));
-  const bool wave = o.attention == "wave";
-  const bool synthetic = o.workload == "synthetic";
-  RETRO_CHECK(o.decode_tokens >= 0, "--decode-tokens must be >= 0, got {}", o.decode_tokens);
-  const bool decode = o.decode_tokens > 0;  // 0: prefill only (bench prefill)
-  // Positions a sequence reaches: its prompt, then the warm-up and timed decode steps.
-  const int64_t decode_rows = decode ? kWarmupSteps + o.decode_tokens : 0;
-  const bool fill_synthetic = o.fill == "synthetic";
-  RETRO_CHECK(!fill_synthetic || synthetic, "--fill synthetic takes the synthetic workload's prompt K/V: it needs "
-              "--workload synthetic");
+void run_gpu_model_bench(const GpuModelBenchOptions& o, const ModelBenchRun& r) {
+  const std::vector<int64_t>& contexts = r.contexts;
+  const std::vector<int64_t>& batches = r.batches;
+  const int64_t max_context = r.max_context, decode_rows = r.decode_rows;
+  const int max_batch = r.max_batch;
+  const bool wave = r.wave, synthetic = r.synthetic, decode = r.decode, fill_synthetic = r.fill_synthetic;
   auto gpus = query_gpus();
   RETRO_CHECK_KIND(!gpus.empty(), ErrorKind::kUnsupported, "bench model --backend cuda needs a GPU: {}",
                    query_cuda_runtime().error);
@@ -612,8 +631,9 @@ void add_model_bench_options(CLI::App* cmd, const std::shared_ptr<GpuModelBenchO
       ->check(CLI::Range(0, 1 << 16));
   cmd->add_option("--seed", o->seed, "Synthetic workload seed")->capture_default_str();
   cmd->callback([o] {
+    const ModelBenchRun run = plan_model_bench(*o);
 #ifdef RETRO_WITH_CUDA
-    run_gpu_model_bench(*o);
+    run_gpu_model_bench(*o, run);
 #else
     RETRO_THROW_KIND(ErrorKind::kUnsupported, "bench model --backend cuda needs a CUDA build (configure with -DRETRO_CUDA=ON)");
 #endif
