@@ -16,11 +16,15 @@ struct DueSegment {
   int layer = 0;
   int slot = 0;
   int64_t steps_left = 0;  // steps it may still wait; 0: it grows before the next token
+  // The sequence's admission order, which breaks ties in place of the slot: a sequence picks the
+  // same steps whichever slot it sits in (swapping slots changes no output).
+  uint64_t sequence = 0;
 };
 
-// The segments to grow before this step, earliest deadline first: every one whose deadline is now,
-// and as many more as the smallest steady rate that meets every deadline (were that rate kept on
-// the following steps) asks for; at least one when any is due, so quiet steps take the work.
+// The segments to grow before this step, earliest deadline first (then layer, then sequence):
+// every one whose deadline is now, and as many more as the smallest steady rate that meets every
+// deadline (were that rate kept on the following steps) asks for; at least one when any is due, so
+// quiet steps take the work.
 // Throws retro::Error on a negative steps_left.
 std::vector<DueSegment> pick_growth(std::vector<DueSegment> due);
 

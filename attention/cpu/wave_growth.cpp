@@ -12,7 +12,7 @@ std::vector<DueSegment> pick_growth(std::vector<DueSegment> due) {
                 -d.steps_left);
   std::sort(due.begin(), due.end(), [](const DueSegment& a, const DueSegment& b) {
     if (a.steps_left != b.steps_left) return a.steps_left < b.steps_left;
-    return a.layer != b.layer ? a.layer < b.layer : a.slot < b.slot;
+    return a.layer != b.layer ? a.layer < b.layer : a.sequence < b.sequence;
   });
   // The i + 1 earliest deadlines fall within steps_left_i + 1 steps (this one included): meeting
   // them all at a steady rate takes ceil((i + 1) / (steps_left_i + 1)) a step.

@@ -102,6 +102,10 @@ struct GpuModel::Impl {
   int max_batch = 1;
   bool wave_mode = false;
   std::vector<int64_t> lengths;  // per slot
+  // Per slot: the admission order of the slot's sequence (wave growth breaks ties by it, so a
+  // sequence's growth steps do not depend on its slot).
+  std::vector<uint64_t> sequence;
+  uint64_t next_sequence = 0;
   int64_t slot_elems = 0;        // dense: max_tokens * kv_heads * head_dim, one slot's cache per layer
   std::unique_ptr<Allocator> allocator;
   std::unique_ptr<Allocator> pinned;            // wave: host store pages
@@ -524,6 +528,7 @@ struct GpuModel::Impl {
       throw;
     }
     lengths[size_t(slot)] = n;
+    sequence[size_t(slot)] = next_sequence++;
     if (host_logits != nullptr) copy_logits(1, host_logits);
   }
 
@@ -559,6 +564,7 @@ struct GpuModel::Impl {
       throw;
     }
     lengths[size_t(slot)] = n;
+    sequence[size_t(slot)] = next_sequence++;
   }
 
   // Best effort (after an error the stream may be broken too): every layer forgets the slot.
@@ -588,7 +594,8 @@ struct GpuModel::Impl {
     std::vector<attention::DueSegment> due;
     for (size_t l = 0; l < wave_kv.size(); ++l)
       for (int b = 0; b < batch; ++b)
-        if (wave_kv[l]->growth_due(b)) due.push_back({int(l), b, wave_kv[l]->growth_steps_left(b)});
+        if (wave_kv[l]->growth_due(b))
+          due.push_back({int(l), b, wave_kv[l]->growth_steps_left(b), sequence[size_t(b)]});
     if (due.empty()) return;
     // RETRO_WAVE_GROWTH=eager: every due segment at once (no spreading).
     static const bool eager = [] {
@@ -789,6 +796,7 @@ GpuModel::GpuModel(const ModelConfig& config, const WeightSource& weights, int d
   RETRO_CHECK(max_batch >= 1, "GPU model needs max_batch >= 1, got {}", max_batch);
   m.max_batch = max_batch;
   m.lengths.assign(size_t(max_batch), 0);
+  m.sequence.assign(size_t(max_batch), 0);
   m.steps.resize(size_t(max_batch) + 1);
   m.full_config = config;
   m.full_config.validate();
@@ -1024,6 +1032,7 @@ void GpuModel::swap_slots(int a, int b) {
       }
   }
   std::swap(m.lengths[size_t(a)], m.lengths[size_t(b)]);
+  std::swap(m.sequence[size_t(a)], m.sequence[size_t(b)]);
 }
 
 void GpuModel::prefill(int slot, std::span<const int32_t> tokens, float* logits) {

@@ -30,14 +30,31 @@ TEST(WaveGrowth, EverySegmentAtItsDeadlineGrowsAndOnlyAsManyMoreAsTheRateNeeds) 
   for (const DueSegment& d : got) EXPECT_EQ(d.steps_left, 0) << "layer " << d.layer << " slot " << d.slot;
 }
 
-TEST(WaveGrowth, EarliestDeadlineFirstThenLayerAndSlot) {
-  const std::vector<DueSegment> got = pick_growth({{1, 0, 9}, {0, 2, 3}, {0, 1, 3}, {4, 0, 1}, {2, 2, 1}, {2, 1, 1}});
-  // Deadlines 1, 1, 1 within two steps: ceil(3 / 2) = 2.
+TEST(WaveGrowth, EarliestDeadlineFirstThenLayerAndSequence) {
+  const std::vector<DueSegment> got =
+      pick_growth({{1, 0, 9, 0}, {0, 2, 3, 2}, {0, 1, 3, 1}, {4, 0, 1, 0}, {2, 2, 1, 5}, {2, 1, 1, 7}, {2, 0, 1, 6}});
+  // Deadlines 1, 1, 1, 1 within two steps: ceil(4 / 2) = 2.
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[0].layer, 2);
-  EXPECT_EQ(got[0].slot, 1);
+  EXPECT_EQ(got[0].sequence, 5u);
   EXPECT_EQ(got[1].layer, 2);
-  EXPECT_EQ(got[1].slot, 2);
+  EXPECT_EQ(got[1].sequence, 6u);
+}
+
+// Ties go by the sequence, not the slot: the same sequences in other slots grow at the same steps.
+TEST(WaveGrowth, SwappingSlotsPicksTheSameSequences) {
+  std::vector<DueSegment> due, swapped;
+  for (int s = 0; s < 6; ++s) {
+    due.push_back({3, s, 40, uint64_t(10 + s)});
+    swapped.push_back({3, 5 - s, 40, uint64_t(10 + s)});
+  }
+  const std::vector<DueSegment> a = pick_growth(due), b = pick_growth(swapped);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_LT(a.size(), due.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].sequence, b[i].sequence);
+    EXPECT_EQ(b[i].slot, 5 - a[i].slot);
+  }
 }
 
 TEST(WaveGrowth, RefusesASegmentPastItsDeadline) { EXPECT_THROW(pick_growth({{0, 0, -1}}), Error); }
