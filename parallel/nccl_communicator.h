@@ -36,8 +36,8 @@ class NcclCommunicator final : public Communicator {
   void barrier() override;
   // ncclMemAlloc memory registered as a symmetric window (NCCL_WIN_COLL_SYMMETRIC): all-reduces of
   // small messages in it run NCCL's symmetric kernels over NVLink. Null when the NCCL found at run
-  // time has no window registration (before 2.27), when registration fails, or when
-  // RETRO_NCCL_SYMMETRIC=0.
+  // time has no window registration (before 2.27), when registration fails, or unless
+  // RETRO_NCCL_SYMMETRIC=1 (opt-in).
   void* symmetric_buffer(size_t bytes) override;
 
   ncclComm_t comm() const { return comm_; }

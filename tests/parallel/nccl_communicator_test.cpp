@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "parallel/communicator.h"
@@ -88,8 +89,10 @@ TEST_F(NcclGroup, AllReduceSumsFp32AndBf16OnTheDevice) {
 // kernels): its all-reduce sums like the plain one, in graph capture too (the decode step's).
 TEST_F(NcclGroup, AllReduceInTheSymmetricBufferSumsLikeThePlainOne) {
   const int n = 12 * 4096, size = comm_->size(), rank = comm_->rank();
+  ::setenv("RETRO_NCCL_SYMMETRIC", "1", 1);  // opt-in
   void* buffer = comm_->symmetric_buffer(size_t(n) * sizeof(bf16));
-  if (buffer == nullptr) GTEST_SKIP() << "no symmetric window here (NCCL before 2.27, or RETRO_NCCL_SYMMETRIC=0)";
+  ::unsetenv("RETRO_NCCL_SYMMETRIC");
+  if (buffer == nullptr) GTEST_SKIP() << "no symmetric window here (NCCL before 2.27)";
   ASSERT_LE(size, 8) << "the bf16 values are chosen for at most 8 ranks";
   std::vector<bf16> h(n);
   for (int i = 0; i < n; ++i) h[i] = float_to_bf16(static_cast<float>((rank + 1) * (i % 8)));
