@@ -2,6 +2,7 @@
 // K/V of the requested shapes. Prints a markdown table and (with --json-out) one JSON line per row.
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -45,6 +46,7 @@ struct KernelBenchOptions {
 struct DenseDecodeOptions : KernelBenchOptions {
   DenseDecodeOptions() { contexts = "32k,128k"; }
   std::string batches = "1,4";
+  std::string kernels = "auto";  // comma list of auto, registers, async
 };
 
 struct DensePrefillOptions : KernelBenchOptions {
@@ -103,8 +105,14 @@ void run_dense_decode(const DenseDecodeOptions& o) {
   std::vector<int64_t> batches = parse_size_list(o.batches, "--batch");
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
-  fmt::print("| context | batch | heads (q/kv) | head_dim | splits | ms/layer | KV GB | GB/s |\n");
-  fmt::print("|---|---|---|---|---|---|---|---|\n");
+  const std::vector<std::string> names = parse_name_list(o.kernels, "--kernel");  // checked by the option
+  std::vector<attention::cuda::DecodeKernel> kernels;
+  for (const std::string& name : names)
+    kernels.push_back(name == "async" || (name == "auto" && attention::cuda::decode_attention_async())
+                          ? attention::cuda::DecodeKernel::kAsync
+                          : attention::cuda::DecodeKernel::kRegisters);
+  fmt::print("| context | batch | kernel | heads (q/kv) | head_dim | splits | ms/layer | KV GB | GB/s |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|---|\n");
   for (int64_t ctx : contexts) {
     for (int64_t bs : batches) {
       const size_t kv_elems = size_t(bs) * o.kv_heads * size_t(ctx) * o.head_dim;
@@ -112,7 +120,7 @@ void run_dense_decode(const DenseDecodeOptions& o) {
       size_t free_b = 0, total_b = 0;
       RETRO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
       if (kv_bytes + (size_t(1) << 30) > free_b) {
-        fmt::print("| {} | {} | {}/{} | {} | - | out of memory ({} needed) | | |\n", ctx, bs, o.heads, o.kv_heads,
+        fmt::print("| {} | {} | - | {}/{} | {} | - | out of memory ({} needed) | | |\n", ctx, bs, o.heads, o.kv_heads,
                    o.head_dim, format_bytes(kv_bytes));
         continue;
       }
@@ -141,17 +149,21 @@ void run_dense_decode(const DenseDecodeOptions& o) {
       p.num_kv_heads = o.kv_heads;
       p.head_dim = o.head_dim;
       p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
-      double ms = median_ms([&] { attention::cuda::run_decode_attention(p, plan, ws.ptr, nullptr); }, o.warmup,
-                            o.reps);
-      double gb = double(kv_bytes) / 1e9;
-      fmt::print("| {} | {} | {}/{} | {} | {} | {:.4f} | {:.3f} | {:.0f} |\n", ctx, bs, o.heads, o.kv_heads, o.head_dim,
-                 plan.num_splits, ms, gb, gb / ms * 1e3);
-      if (json) {
-        nlohmann::ordered_json row = {{"bench", "dense-decode"}, {"device", gpus[0].name}, {"heads", o.heads},
-                                      {"kv_heads", o.kv_heads},  {"head_dim", o.head_dim}, {"context", ctx},
-                                      {"batch", bs},             {"splits", plan.num_splits},
-                                      {"ms_per_layer", ms},      {"kv_gb", gb},            {"gb_per_s", gb / ms * 1e3}};
-        *json << row.dump() << "\n";
+      for (attention::cuda::DecodeKernel kernel : kernels) {
+        p.kernel = kernel;
+        const char* name = kernel == attention::cuda::DecodeKernel::kAsync ? "async" : "registers";
+        double ms = median_ms([&] { attention::cuda::run_decode_attention(p, plan, ws.ptr, nullptr); }, o.warmup,
+                              o.reps);
+        double gb = double(kv_bytes) / 1e9;
+        fmt::print("| {} | {} | {} | {}/{} | {} | {} | {:.4f} | {:.3f} | {:.0f} |\n", ctx, bs, name, o.heads,
+                   o.kv_heads, o.head_dim, plan.num_splits, ms, gb, gb / ms * 1e3);
+        if (json) {
+          nlohmann::ordered_json row = {{"bench", "dense-decode"}, {"device", gpus[0].name}, {"kernel", name},
+                                        {"heads", o.heads},        {"kv_heads", o.kv_heads}, {"head_dim", o.head_dim},
+                                        {"context", ctx},          {"batch", bs},            {"splits", plan.num_splits},
+                                        {"ms_per_layer", ms},      {"kv_gb", gb},            {"gb_per_s", gb / ms * 1e3}};
+          *json << row.dump() << "\n";
+        }
       }
     }
   }
@@ -169,9 +181,9 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   // The kernels to time, auto resolved to the one it picks on this GPU.
   std::vector<attention::cuda::PrefillKernel> kernels;
   for (const std::string& name : names) {
-    if (name == "wgmma-pipelined")
+    if (name == "wgmma-pipelined" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
       kernels.push_back(attention::cuda::PrefillKernel::kWgmmaPipelined);
-    else if (name == "wgmma" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
+    else if (name == "wgmma")
       kernels.push_back(attention::cuda::PrefillKernel::kWgmma);
     else
       kernels.push_back(attention::cuda::PrefillKernel::kMmaSync);
@@ -219,6 +231,22 @@ void run_dense_prefill(const DensePrefillOptions& o) {
 }
 #endif
 
+// Checks a --kernel comma list against the known names.
+CLI::Validator kernel_list(std::vector<std::string> known) {
+  return CLI::Validator(
+      [known](std::string& text) -> std::string {
+        try {
+          for (const std::string& name : parse_name_list(text, "--kernel"))
+            if (std::find(known.begin(), known.end(), name) == known.end())
+              return fmt::format("'{}' is none of {}", name, fmt::join(known, ", "));
+        } catch (const Error& e) {
+          return e.what();
+        }
+        return "";
+      },
+      "KERNELS");
+}
+
 }  // namespace
 
 void register_gpu_attention_benches(CLI::App& bench) {
@@ -226,21 +254,10 @@ void register_gpu_attention_benches(CLI::App& bench) {
   CLI::App* p = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
   add_kernel_bench_options(*p, *prefill);
   p->add_option("--kernel", prefill->kernels,
-                "Kernels to time, comma list: auto (wgmma on Hopper builds with sm_90a, else mma), mma, wgmma, "
-                "wgmma-pipelined")
+                "Kernels to time, comma list: auto (wgmma-pipelined on Hopper builds with sm_90a, else mma), mma, "
+                "wgmma, wgmma-pipelined")
       ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& text) -> std::string {
-            try {
-              for (const std::string& name : parse_name_list(text, "--kernel"))
-                if (name != "auto" && name != "mma" && name != "wgmma" && name != "wgmma-pipelined")
-                  return "'" + name + "' is none of auto, mma, wgmma, wgmma-pipelined";
-            } catch (const Error& e) {
-              return e.what();
-            }
-            return "";
-          },
-          "KERNELS"));
+      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined"}));
   p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
     run_dense_prefill(*prefill);
@@ -253,6 +270,11 @@ void register_gpu_attention_benches(CLI::App& bench) {
   CLI::App* d = bench.add_subcommand("dense-decode", "GPU dense decode attention per layer (split-KV, GQA) on random K/V");
   add_kernel_bench_options(*d, *decode);
   d->add_option("--batch", decode->batches, "Batch sizes, e.g. 1,4,8")->capture_default_str();
+  d->add_option("--kernel", decode->kernels,
+                "Kernels to time, comma list: auto (async unless RETRO_DECODE_KERNEL=registers), registers (K/V "
+                "loaded into registers a block ahead), async (K/V streamed through shared memory by cp.async)")
+      ->capture_default_str()
+      ->check(kernel_list({"auto", "registers", "async"}));
   d->callback([decode] {
 #ifdef RETRO_WITH_CUDA
     run_dense_decode(*decode);

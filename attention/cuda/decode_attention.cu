@@ -1,6 +1,9 @@
 // Kernel launches of split-KV GQA decode attention (kernels in decode_attention.cuh). Argument
 // checks and planning live in decode_attention.cpp: CUDA translation units stay free of fmt.
 
+#include <cstdlib>
+#include <string_view>
+
 #include "attention/cuda/decode_attention.cuh"
 #include "attention/cuda/decode_attention.h"
 #include "attention/cuda/impl/group_dispatch.h"
@@ -9,7 +12,22 @@ namespace retro::attention::cuda {
 
 namespace {
 
-template <int kHeadDim, int kGroup>
+// The cp.async kernel's ring: kDecodeStages blocks of kDecodeUnroll steps, K and V, 16 bytes a lane.
+constexpr int kAsyncSmemBytes = kernels::kWarps * kDecodeStages * kDecodeUnroll * 2 * 32 * 16;
+
+// The kernel of this shape and variant, its dynamic shared memory allowed (once per instantiation).
+template <int kHeadDim, int kGroup, bool kAsync>
+auto decode_kernel() {
+  auto kernel = kernels::decode_attention_kernel<kHeadDim, kGroup, kAsync>;
+  if constexpr (kAsync) {
+    static const cudaError_t allowed =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kAsyncSmemBytes);
+    (void)allowed;  // a failure shows at the launch
+  }
+  return kernel;
+}
+
+template <int kHeadDim, int kGroup, bool kAsync>
 cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* workspace,
                    cudaStream_t stream) {
   float* out_partial = nullptr;
@@ -20,7 +38,7 @@ cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& pl
   }
   const float scale_log2 = p.sm_scale * 1.4426950408889634f;
   dim3 grid(plan.num_splits, p.num_kv_heads, p.batch);
-  kernels::decode_attention_kernel<kHeadDim, kGroup><<<grid, kernels::kWarps * 32, 0, stream>>>(
+  decode_kernel<kHeadDim, kGroup, kAsync>()<<<grid, kernels::kWarps * 32, kAsync ? kAsyncSmemBytes : 0, stream>>>(
       static_cast<const __nv_bfloat16*>(p.q), p.q_stride_batch, static_cast<const __nv_bfloat16*>(p.k),
       static_cast<const __nv_bfloat16*>(p.v), p.kv_stride_batch, p.kv_stride_head, p.kv_stride_token, p.seq_lens,
       p.num_q_heads, plan.tokens_per_split, scale_log2, static_cast<__nv_bfloat16*>(p.out), p.lse, out_partial,
@@ -32,11 +50,12 @@ cudaError_t launch(const DecodeAttentionParams& p, const DecodeAttentionPlan& pl
   return cudaGetLastError();
 }
 
-template <int kHeadDim, int kGroup>
+template <int kHeadDim, int kGroup, bool kAsync>
 int ctas_per_sm() {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels::decode_attention_kernel<kHeadDim, kGroup>,
-                                                    kernels::kWarps * 32, 0) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<kHeadDim, kGroup, kAsync>(),
+                                                    kernels::kWarps * 32, kAsync ? kAsyncSmemBytes : 0) !=
+      cudaSuccess) {
     cudaGetLastError();
     return 1;
   }
@@ -45,20 +64,36 @@ int ctas_per_sm() {
 
 template <int kHeadDim>
 int ctas_per_sm_for_group(int group) {
-  return impl::with_group_size(group, 1, [](auto g) { return ctas_per_sm<kHeadDim, decltype(g)::value>(); });
+  return impl::with_group_size(group, 1, [](auto g) {
+    return decode_attention_async() ? ctas_per_sm<kHeadDim, decltype(g)::value, true>()
+                                    : ctas_per_sm<kHeadDim, decltype(g)::value, false>();
+  });
 }
 
 template <int kHeadDim>
 cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* ws,
                            cudaStream_t s) {
   return impl::with_group_size(p.num_q_heads / p.num_kv_heads, cudaErrorInvalidValue,
-                               [&](auto g) { return launch<kHeadDim, decltype(g)::value>(p, plan, ws, s); });
+                               [&](auto g) {
+                                 const bool async = p.kernel == DecodeKernel::kAsync ||
+                                                    (p.kernel == DecodeKernel::kAuto && decode_attention_async());
+                                 return async ? launch<kHeadDim, decltype(g)::value, true>(p, plan, ws, s)
+                                              : launch<kHeadDim, decltype(g)::value, false>(p, plan, ws, s);
+                               });
 }
 
 }  // namespace
 
 int decode_attention_ctas_per_sm(int head_dim, int group_size) {
   return head_dim == 128 ? ctas_per_sm_for_group<128>(group_size) : ctas_per_sm_for_group<64>(group_size);
+}
+
+bool decode_attention_async() {
+  static const bool async = [] {
+    const char* env = std::getenv("RETRO_DECODE_KERNEL");
+    return env == nullptr || std::string_view(env) != "registers";
+  }();
+  return async;
 }
 
 bool decode_attention_group_supported(int group_size) {

@@ -46,6 +46,18 @@ __device__ __forceinline__ Bf16x8 load_kv_stream(const __nv_bfloat16* p) {
   return r;
 }
 
+// 16 bytes global -> shared without a register round trip, L2 only, with the same 256-byte L2
+// prefetch; src_bytes 0 fills the 16 bytes with zeros and reads nothing.
+__device__ __forceinline__ void cp_async_kv(void* dst, const __nv_bfloat16* src, int src_bytes) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+
 // Merges online-softmax state (m, l, acc) with (m2, l2, acc2); base-2 maxima.
 template <int kN>
 __device__ __forceinline__ void merge_online(float& m, float& l, float* acc, float m2, float l2, const float* acc2) {
@@ -60,7 +72,12 @@ __device__ __forceinline__ void merge_online(float& m, float& l, float* acc, flo
 
 // Partial result of a split: out_partial [batch, num_q_heads, num_splits, head_dim] fp32 (normalised),
 // lse_partial [batch, num_q_heads, num_splits] fp32 base 2.
-template <int kHeadDim, int kGroup>
+//
+// kAsync: each warp streams its K/V blocks through a ring of kDecodeStages blocks in shared memory
+// (cp.async; dynamic shared memory of decode_async_smem_bytes()), so kDecodeStages - 1 blocks are in
+// flight while one is computed, against one block in registers otherwise. Each lane copies exactly
+// the 16-byte pieces it later reads, so the ring needs no synchronisation beyond its own waits.
+template <int kHeadDim, int kGroup, bool kAsync>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_batch,
                             const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
@@ -123,14 +140,46 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
   // Double-buffered loads cost 32 registers a lane: only small groups keep them without spilling.
-  constexpr bool kPrefetch = kGroup <= 5;
+  constexpr bool kPrefetch = !kAsync && kGroup <= 5;
+  constexpr int kStages = kDecodeStages;
+  // This lane's piece of (stage, step u, K or V) in the warp's ring.
+  extern __shared__ uint4 ring[];
+  auto ring_at = [&](int stage, int u, int kv) -> Bf16x8* {
+    return reinterpret_cast<Bf16x8*>(ring + (((warp * kStages + stage) * kUnroll + u) * 2 + kv) * 32 + lane);
+  };
+  auto issue_block = [&](int t_block, int stage) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t_block + u * kTokensPerStep + slot;
+      const bool in = t < end;
+      cp_async_kv(ring_at(stage, u, 0), in ? kbase + int64_t(t) * kv_stride_token : kbase, in ? 16 : 0);
+      cp_async_kv(ring_at(stage, u, 1), in ? vbase + int64_t(t) * kv_stride_token : vbase, in ? 16 : 0);
+    }
+    cp_async_commit();
+  };
   Bf16x8 kr[kUnroll], vr[kUnroll];
   int t0 = begin + (warp * kUnroll) * kTokensPerStep;
+  int stage = 0;
+  if constexpr (kAsync) {
+    // The first kStages - 1 blocks; blocks past the end are zero fills that read nothing.
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) issue_block(t0 + s * kCtaStep, s);
+  }
   if (kPrefetch && t0 < end) load_block(t0, kr, vr);
 #pragma unroll 1
   for (; t0 < end; t0 += kCtaStep) {
     Bf16x8 kn[kUnroll], vn[kUnroll];
-    if constexpr (kPrefetch) {
+    if constexpr (kAsync) {
+      cp_async_wait<kStages - 2>();  // this block's group has landed
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        kr[u] = *ring_at(stage, u, 0);
+        vr[u] = *ring_at(stage, u, 1);
+      }
+      // Refill the stage read last iteration (its values are consumed) with the block kStages - 1 on.
+      issue_block(t0 + (kStages - 1) * kCtaStep, stage == 0 ? kStages - 1 : stage - 1);
+      stage = stage == kStages - 1 ? 0 : stage + 1;
+    } else if constexpr (kPrefetch) {
       if (t0 + kCtaStep < end) load_block(t0 + kCtaStep, kn, vn);
     } else {
       load_block(t0, kr, vr);
@@ -187,6 +236,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
+  if constexpr (kAsync) cp_async_wait<0>();  // no copy outlives the kernel
   // Each lane summed only the probabilities of its own step: total them over the lane group.
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {

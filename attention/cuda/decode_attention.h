@@ -18,6 +18,14 @@ namespace retro::attention::cuda {
 // are issued before the first use.
 inline constexpr int kDecodeWarps = 4;
 inline constexpr int kDecodeUnroll = 4;
+// Blocks of kDecodeUnroll token steps in each warp's shared-memory ring (the cp.async kernel).
+inline constexpr int kDecodeStages = 4;
+
+enum class DecodeKernel {
+  kAuto,       // decode_attention_async() picks
+  kRegisters,  // each warp loads the next block of K/V into registers while it computes this one
+  kAsync,      // each warp streams K/V through a ring of kDecodeStages blocks in shared memory (cp.async)
+};
 
 struct DecodeAttentionParams {
   // [batch, num_q_heads, head_dim] bf16; q_stride_batch in elements (heads are contiguous).
@@ -42,6 +50,7 @@ struct DecodeAttentionParams {
   // (decode_attention_partials) for the caller's own merge, out and lse untouched. One split
   // writes out and lse either way.
   bool keep_partials = false;
+  DecodeKernel kernel = DecodeKernel::kAuto;
 };
 
 struct DecodeAttentionPlan {
@@ -74,6 +83,9 @@ DecodeAttentionPartials decode_attention_partials(const DecodeAttentionParams& p
 cudaError_t launch_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan,
                                     void* workspace, cudaStream_t stream);
 bool decode_attention_group_supported(int group_size);
+// What kAuto takes: the kernel that streams K/V through shared memory with cp.async, unless
+// RETRO_DECODE_KERNEL=registers. The planner sizes its grid for this kernel.
+bool decode_attention_async();
 // Resident CTAs of the kernel for this shape on one SM of the current device.
 int decode_attention_ctas_per_sm(int head_dim, int group_size);
 

@@ -85,8 +85,6 @@ TEST_P(DecodeAttentionGpu, MatchesTheCpuTwin) {
   ASSERT_CUDA(cudaMemcpy(dk, k.data(), k.size() * 2, cudaMemcpyHostToDevice));
   ASSERT_CUDA(cudaMemcpy(dv, v.data(), v.size() * 2, cudaMemcpyHostToDevice));
   ASSERT_CUDA(cudaMemcpy(dlens, c.lens.data(), c.lens.size() * 4, cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemset(dout, 0xFF, q.size() * 2));  // bf16 NaN
-  ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(c.batch) * hq * 4));
 
   cuda::DecodeAttentionPlan plan = cuda::plan_decode_attention(c.batch, hq, hk, d, max_len);
   if (plan.workspace_bytes) {
@@ -108,42 +106,49 @@ TEST_P(DecodeAttentionGpu, MatchesTheCpuTwin) {
   p.num_kv_heads = hk;
   p.head_dim = d;
   p.sm_scale = 1.0f / std::sqrt(float(d));
-  cuda::run_decode_attention(p, plan, dws, nullptr);
-  ASSERT_CUDA(cudaDeviceSynchronize());
+  for (cuda::DecodeKernel kernel : {cuda::DecodeKernel::kRegisters, cuda::DecodeKernel::kAsync}) {
+    SCOPED_TRACE(kernel == cuda::DecodeKernel::kAsync ? "cp.async kernel" : "register kernel");
+    ASSERT_CUDA(cudaMemset(dout, 0xFF, q.size() * 2));  // bf16 NaN
+    ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(c.batch) * hq * 4));
+    p.kernel = kernel;
+    cuda::run_decode_attention(p, plan, dws, nullptr);
+    ASSERT_CUDA(cudaDeviceSynchronize());
 
-  std::vector<bf16> out(q.size());
-  std::vector<float> lse(size_t(c.batch) * hq);
-  ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
-  ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
+    std::vector<bf16> out(q.size());
+    std::vector<float> lse(size_t(c.batch) * hq);
+    ASSERT_CUDA(cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cudaMemcpy(lse.data(), dlse, lse.size() * 4, cudaMemcpyDeviceToHost));
 
-  AttentionShape shape{hq, hk, d};
-  for (int b = 0; b < c.batch; ++b) {
-    const int n = c.lens[b];
-    std::vector<float> qf(size_t(hq) * d), kf(size_t(n) * hk * d), vf(size_t(n) * hk * d), ref(size_t(hq) * d),
-        ref_lse(hq);
-    for (size_t i = 0; i < qf.size(); ++i) qf[i] = bf16_to_float(q[size_t(b) * hq * d + i]);
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < hk; ++h)
-        for (int i = 0; i < d; ++i) {
-          size_t src = size_t(b * sb + h * sh + int64_t(t) * st + i);
-          kf[(size_t(t) * hk + h) * d + i] = bf16_to_float(k[src]);
-          vf[(size_t(t) * hk + h) * d + i] = bf16_to_float(v[src]);
-        }
-    if (n > 0) dense_attention_causal(shape, qf.data(), 1, kf.data(), vf.data(), n, ref.data(), ref_lse.data());
-    double err = 0, norm = 0;
-    for (int i = 0; i < hq * d; ++i) {
-      float g = bf16_to_float(out[size_t(b) * hq * d + i]);
-      ASSERT_FALSE(std::isnan(g)) << "batch " << b << " element " << i << " not written";
-      float r = n > 0 ? ref[i] : 0.0f;
-      err += double(g - r) * (g - r);
-      norm += double(r) * r;
-    }
-    if (n > 0) {
-      EXPECT_LT(std::sqrt(err / norm), 1e-2) << "batch " << b << " len " << n;
-      for (int h = 0; h < hq; ++h) EXPECT_NEAR(lse[size_t(b) * hq + h], ref_lse[h], 1e-3 * std::fabs(ref_lse[h]) + 1e-3);
-    } else {
-      EXPECT_EQ(err, 0.0) << "empty sequence must give zeros";
-      for (int h = 0; h < hq; ++h) EXPECT_TRUE(std::isinf(lse[size_t(b) * hq + h]) && lse[size_t(b) * hq + h] < 0);
+    AttentionShape shape{hq, hk, d};
+    for (int b = 0; b < c.batch; ++b) {
+      const int n = c.lens[b];
+      std::vector<float> qf(size_t(hq) * d), kf(size_t(n) * hk * d), vf(size_t(n) * hk * d), ref(size_t(hq) * d),
+          ref_lse(hq);
+      for (size_t i = 0; i < qf.size(); ++i) qf[i] = bf16_to_float(q[size_t(b) * hq * d + i]);
+      for (int t = 0; t < n; ++t)
+        for (int h = 0; h < hk; ++h)
+          for (int i = 0; i < d; ++i) {
+            size_t src = size_t(b * sb + h * sh + int64_t(t) * st + i);
+            kf[(size_t(t) * hk + h) * d + i] = bf16_to_float(k[src]);
+            vf[(size_t(t) * hk + h) * d + i] = bf16_to_float(v[src]);
+          }
+      if (n > 0) dense_attention_causal(shape, qf.data(), 1, kf.data(), vf.data(), n, ref.data(), ref_lse.data());
+      double err = 0, norm = 0;
+      for (int i = 0; i < hq * d; ++i) {
+        float g = bf16_to_float(out[size_t(b) * hq * d + i]);
+        ASSERT_FALSE(std::isnan(g)) << "batch " << b << " element " << i << " not written";
+        float r = n > 0 ? ref[i] : 0.0f;
+        err += double(g - r) * (g - r);
+        norm += double(r) * r;
+      }
+      if (n > 0) {
+        EXPECT_LT(std::sqrt(err / norm), 1e-2) << "batch " << b << " len " << n;
+        for (int h = 0; h < hq; ++h)
+          EXPECT_NEAR(lse[size_t(b) * hq + h], ref_lse[h], 1e-3 * std::fabs(ref_lse[h]) + 1e-3);
+      } else {
+        EXPECT_EQ(err, 0.0) << "empty sequence must give zeros";
+        for (int h = 0; h < hq; ++h) EXPECT_TRUE(std::isinf(lse[size_t(b) * hq + h]) && lse[size_t(b) * hq + h] < 0);
+      }
     }
   }
   cudaFree(dq);
