@@ -271,7 +271,7 @@ void register_gpu_attention_benches(CLI::App& bench) {
   add_kernel_bench_options(*d, *decode);
   d->add_option("--batch", decode->batches, "Batch sizes, e.g. 1,4,8")->capture_default_str();
   d->add_option("--kernel", decode->kernels,
-                "Kernels to time, comma list: auto (async unless RETRO_DECODE_KERNEL=registers), registers (K/V "
+                "Kernels to time, comma list: auto (registers unless RETRO_DECODE_KERNEL=async), registers (K/V "
                 "loaded into registers a block ahead), async (K/V streamed through shared memory by cp.async)")
       ->capture_default_str()
       ->check(kernel_list({"auto", "registers", "async"}));

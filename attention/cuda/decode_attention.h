@@ -83,8 +83,8 @@ DecodeAttentionPartials decode_attention_partials(const DecodeAttentionParams& p
 cudaError_t launch_decode_attention(const DecodeAttentionParams& params, const DecodeAttentionPlan& plan,
                                     void* workspace, cudaStream_t stream);
 bool decode_attention_group_supported(int group_size);
-// What kAuto takes: the kernel that streams K/V through shared memory with cp.async, unless
-// RETRO_DECODE_KERNEL=registers. The planner sizes its grid for this kernel.
+// What kAuto takes: the register kernel, or the cp.async kernel with RETRO_DECODE_KERNEL=async. The
+// planner sizes its grid for this kernel.
 bool decode_attention_async();
 // Resident CTAs of the kernel for this shape on one SM of the current device.
 int decode_attention_ctas_per_sm(int head_dim, int group_size);
