@@ -102,7 +102,9 @@ class FullRetrievalRun {
       for (int b = 0; b < kBatch; ++b) {
         if (!kv_.growth_due(b)) continue;
         if (grow_late && kv_.growth_steps_left(b) > 0) continue;
-        if (grow_late) EXPECT_THROW(kv_.append(dk_new, dv_new, kBatch, nullptr), retro::Error) << "slot " << b;
+        if (grow_late) {
+          EXPECT_THROW(kv_.append(dk_new, dv_new, kBatch, nullptr), retro::Error) << "slot " << b;
+        }
         kv_.grow(b, nullptr);
         ++grown;
       }
