@@ -74,9 +74,10 @@ __device__ __forceinline__ void merge_online(float& m, float& l, float* acc, flo
 // lse_partial [batch, num_q_heads, num_splits] fp32 base 2.
 //
 // kAsync: each warp streams its K/V blocks through a ring of kDecodeStages blocks in shared memory
-// (cp.async; dynamic shared memory of decode_async_smem_bytes()), so kDecodeStages - 1 blocks are in
-// flight while one is computed, against one block in registers otherwise. Each lane copies exactly
-// the 16-byte pieces it later reads, so the ring needs no synchronisation beyond its own waits.
+// (cp.async; dynamic shared memory, kAsyncSmemBytes of decode_attention.cu), so kDecodeStages - 1
+// blocks are in flight while one is computed, against one block in registers otherwise. Each lane
+// copies exactly the 16-byte pieces it later reads, so the ring needs no synchronisation beyond its
+// own waits.
 template <int kHeadDim, int kGroup, bool kAsync>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_attention_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_batch,
