@@ -170,6 +170,23 @@ int64_t HostKvStore::capacity_rows(int group) const {
   return int64_t(k_pages_[size_t(group)].size()) * page_rows_;
 }
 
+void HostKvStore::upload_rows(int group, int64_t row0, int64_t count, const void* k, const void* v,
+                              cudaStream_t stream) {
+  RETRO_CHECK(group >= 0 && group < num_groups_, "host KV store: group {} of {}", group, num_groups_);
+  RETRO_CHECK(row0 >= 0 && count >= 0 && row0 + count <= capacity_rows(group),
+              "host KV store: rows [{}, {}) of group {} holding {}", row0, row0 + count, group, capacity_rows(group));
+  const size_t row_bytes = size_t(head_dim_) * elem_bytes_;
+  for (int64_t r = row0; r < row0 + count;) {
+    const int64_t rows = std::min(page_rows_ - r % page_rows_, row0 + count - r);
+    const size_t from = size_t(r - row0) * row_bytes, bytes = size_t(rows) * row_bytes;
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(row(group, r, false), static_cast<const char*>(k) + from, bytes,
+                                     cudaMemcpyDeviceToHost, stream));
+    RETRO_CUDA_CHECK(cudaMemcpyAsync(row(group, r, true), static_cast<const char*>(v) + from, bytes,
+                                     cudaMemcpyDeviceToHost, stream));
+    r += rows;
+  }
+}
+
 void* HostKvStore::row(int group, int64_t r, bool value) const {
   RETRO_CHECK(r >= 0 && r < capacity_rows(group), "host KV store: row {} of group {} holding {}", r, group,
               capacity_rows(group));

@@ -88,6 +88,11 @@ class HostKvStore {
   int64_t page_rows() const { return page_rows_; }
   size_t elem_bytes() const { return elem_bytes_; }
   int max_pages() const { return max_pages_; }
+  // Copies `count` rows from device memory (k and v: contiguous rows of head_dim elements) into rows
+  // [row0, row0 + count) of group g, one cudaMemcpyAsync per page touched: the copy engines move
+  // them, no kernel. The rows must be reserved. Stream-ordered; the source must stay valid until
+  // the copies ran.
+  void upload_rows(int group, int64_t row0, int64_t count, const void* k, const void* v, cudaStream_t stream);
   // Host address of row r of group g (K or V): where the CPU twin and the tests read the store.
   void* row(int group, int64_t r, bool value) const;
   size_t bytes_in_use() const;  // pages held by this store, K and V

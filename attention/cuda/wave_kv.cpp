@@ -3,6 +3,8 @@
 #include "attention/cuda/wave_kv.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include "attention/cuda/wave_kv_ops.h"
 #include "attention/kmeans.h"
@@ -20,6 +22,17 @@ Buffer alloc(Allocator& a, size_t bytes, MemoryPurpose purpose) { return a.alloc
 template <typename T>
 T* ptr(const Buffer& b) {
   return static_cast<T*>(b.data());
+}
+
+// The most K and V bytes an index build stages on the device on their way to the host store.
+constexpr size_t kHostStagingBytes = size_t(256) << 20;
+
+bool host_store_write_staged() {
+  static const bool staged = [] {
+    const char* env = std::getenv("RETRO_HOST_STORE_WRITE");
+    return env == nullptr || std::string_view(env) != "kernel";
+  }();
+  return staged;
 }
 
 }  // namespace
@@ -145,8 +158,8 @@ size_t wave_growth_scratch_bytes(const WaveKvShape& shape, const WaveIndexParams
 
 size_t WaveKvScratch::bytes() const {
   size_t total = 0;
-  for (const Buffer* b : {&build_workspace, &build_order, &build_mean, &k, &v, &centroids, &value_sums, &sizes, &begins,
-                          &order, &mean, &workspace})
+  for (const Buffer* b : {&build_workspace, &build_order, &build_mean, &host_staging, &k, &v, &centroids, &value_sums,
+                          &sizes, &begins, &order, &mean, &workspace})
     total += b->size();
   return total;
 }
@@ -270,15 +283,37 @@ void WaveLayerKv::add_segment(int slot, const void* k, const void* v, int64_t n,
   run_wave_build(in, out, plan, w.build_workspace.data(), stream);
   RETRO_CUDA_CHECK(offset_cluster_begins(out.cluster_begin, hk, cluster_capacity_, plan.num_clusters, s.clustered, stream));
   for (int h = 0; h < hk; ++h) store_->reserve(slot * hk + h, s.clustered + n, stream);
-  if (k_scales_) {
-    // The scale of a cluster needs its rows, known once the build has ordered them.
-    RETRO_CUDA_CHECK(store_clustered_rows_fp8(k, v, d, stride_token, out.order, hk, n, d, out.sizes, out.cluster_begin,
-                                              cluster_capacity_, plan.num_clusters, ptr<float>(k_scales_) + first,
-                                              ptr<float>(v_scales_) + first, store_->view(), slot * hk, s.clustered,
-                                              stream));
-  } else {
-    RETRO_CUDA_CHECK(store_clustered_rows(k, v, d, stride_token, out.order, hk, n, d, store_->view(), slot * hk,
-                                          s.clustered, stream));
+  // The rows reach the host store through a device staging buffer and the copy engines
+  // (RowStaging), up to kHostStagingBytes of K and V at a time; RETRO_HOST_STORE_WRITE=kernel has
+  // the store kernels write the mapped host pages themselves.
+  const size_t elem = k_scales_ ? 1 : 2, group_bytes = size_t(n) * size_t(d) * elem;
+  const bool staged = host_store_write_staged();
+  const int batch_groups =
+      staged ? int(std::clamp<size_t>(kHostStagingBytes / (2 * group_bytes), 1, size_t(hk))) : hk;
+  if (staged) fit(w.host_staging, 2 * group_bytes * size_t(batch_groups));
+  for (int g0 = 0; g0 < hk; g0 += batch_groups) {
+    const int gn = std::min(batch_groups, hk - g0);
+    const int64_t entry = int64_t(g0) * cluster_capacity_;
+    const char* kg = static_cast<const char*>(k) + size_t(g0) * d * 2;
+    const char* vg = static_cast<const char*>(v) + size_t(g0) * d * 2;
+    RowStaging staging;
+    if (staged) {
+      staging.k = w.host_staging.data();
+      staging.v = static_cast<char*>(staging.k) + group_bytes * size_t(gn);
+    }
+    if (k_scales_) {
+      // The scale of a cluster needs its rows, known once the build has ordered them.
+      RETRO_CUDA_CHECK(store_clustered_rows_fp8(
+          kg, vg, d, stride_token, out.order + int64_t(g0) * n, gn, n, d, out.sizes + entry, out.cluster_begin + entry,
+          cluster_capacity_, plan.num_clusters, ptr<float>(k_scales_) + first + entry,
+          ptr<float>(v_scales_) + first + entry, store_->view(), slot * hk + g0, s.clustered, stream, staging));
+    } else {
+      RETRO_CUDA_CHECK(store_clustered_rows(kg, vg, d, stride_token, out.order + int64_t(g0) * n, gn, n, d,
+                                            store_->view(), slot * hk + g0, s.clustered, stream, staging));
+    }
+    for (int g = 0; staged && g < gn; ++g)
+      store_->upload_rows(slot * hk + g0 + g, s.clustered, n, static_cast<char*>(staging.k) + size_t(g) * group_bytes,
+                          static_cast<char*>(staging.v) + size_t(g) * group_bytes, stream);
   }
   s.clustered += n;
   s.clusters += plan.num_clusters;

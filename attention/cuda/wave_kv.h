@@ -97,6 +97,7 @@ int64_t wave_growth_stagger(const WaveIndexParams& params, int layer);
 // workspace instead of one per layer); a WaveLayerKv given none keeps its own.
 struct WaveKvScratch {
   Buffer build_workspace, build_order, build_mean;  // grown to the largest build so far
+  Buffer host_staging;                              // clustered rows on their way to the host store
   int growth_slots = 0;                             // 0: growth buffers not allocated yet
   Buffer k, v;                                      // [growth_slots * kv_heads, update, head_dim] bf16
   Buffer centroids, value_sums, sizes, begins;      // [growth_slots * kv_heads, update clusters] entries

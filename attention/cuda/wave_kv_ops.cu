@@ -29,7 +29,7 @@ __global__ void store_rows_kernel(const uint4* __restrict__ k_src, const uint4* 
                                   int64_t src_stride_group, int64_t src_stride_token, const int32_t* __restrict__ order,
                                   int groups, int64_t n, int vecs, const void* const* __restrict__ k_pages,
                                   const void* const* __restrict__ v_pages, int max_pages, int64_t page_rows,
-                                  int first_group, int64_t row_base) {
+                                  int first_group, int64_t row_base, RowStaging staging) {
   const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (item >= int64_t(groups) * n || lane >= vecs) return;
@@ -37,6 +37,11 @@ __global__ void store_rows_kernel(const uint4* __restrict__ k_src, const uint4* 
   const int64_t r = item % n;
   const int64_t token = order[item];
   const int64_t src = (g * src_stride_group + token * src_stride_token) / 8 + lane;  // elements -> uint4
+  if (staging.k != nullptr) {
+    static_cast<uint4*>(staging.k)[item * vecs + lane] = k_src[src];
+    static_cast<uint4*>(staging.v)[item * vecs + lane] = v_src[src];
+    return;
+  }
   const int64_t row = row_base + r;
   const int64_t page = int64_t(first_group + g) * max_pages + row / page_rows;
   const int64_t dst = (row % page_rows) * vecs + lane;
@@ -83,7 +88,7 @@ __global__ void __launch_bounds__(kThreads)
                           const int32_t* __restrict__ sizes, const int64_t* __restrict__ begins, int64_t capacity,
                           float* __restrict__ k_scales, float* __restrict__ v_scales,
                           const void* const* __restrict__ k_pages, const void* const* __restrict__ v_pages,
-                          int max_pages, int64_t page_rows, int first_group, int64_t row_base) {
+                          int max_pages, int64_t page_rows, int first_group, int64_t row_base, RowStaging staging) {
   constexpr int kWarps = kThreads / 32;
   __shared__ float s_max[2][kWarps];
   const int64_t c = blockIdx.x;
@@ -128,6 +133,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t table = int64_t(first_group + g) * max_pages;
   for (int64_t i = threadIdx.x; i < items; i += kThreads) {
     const int64_t at = src_at(i);
+    if (staging.k != nullptr) {  // row first + i / vecs of the group's list, a row being vecs uint2
+      const int64_t dst = (int64_t(g) * n + first) * vecs + i;
+      static_cast<uint2*>(staging.k)[dst] = quantise8(k_src[at], ks);
+      static_cast<uint2*>(staging.v)[dst] = quantise8(v_src[at], vs);
+      continue;
+    }
     const int64_t row = row_base + first + i / vecs;
     const int64_t page = table + row / page_rows;
     const int64_t dst = (row % page_rows) * vecs + i % vecs;  // a row of head_dim e4m3 is vecs uint2
@@ -202,7 +213,8 @@ cudaError_t steady_append(const void* k_new, const void* v_new, void* k_steady, 
 
 cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t src_stride_group,
                                  int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
-                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream) {
+                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream,
+                                 RowStaging staging) {
   if (head_dim % 8 != 0 || head_dim / 8 > 32 || src_stride_group % 8 != 0 || src_stride_token % 8 != 0 || n < 0 ||
       groups < 0 || store.elem_bytes != 2)
     return cudaErrorInvalidValue;
@@ -211,7 +223,8 @@ cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t s
   constexpr int kThreads = 256;
   store_rows_kernel<<<blocks(items * 32, kThreads), kThreads, 0, stream>>>(
       static_cast<const uint4*>(k_src), static_cast<const uint4*>(v_src), src_stride_group, src_stride_token, order,
-      groups, n, head_dim / 8, store.k_pages, store.v_pages, store.max_pages, store.page_rows, first_group, row_base);
+      groups, n, head_dim / 8, store.k_pages, store.v_pages, store.max_pages, store.page_rows, first_group, row_base,
+      staging);
   return cudaGetLastError();
 }
 
@@ -219,7 +232,7 @@ cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64
                                      int64_t src_stride_token, const int32_t* order, int groups, int64_t n,
                                      int head_dim, const int32_t* sizes, const int64_t* begins, int64_t capacity,
                                      int64_t num_clusters, float* k_scales, float* v_scales, HostStoreView store,
-                                     int first_group, int64_t row_base, cudaStream_t stream) {
+                                     int first_group, int64_t row_base, cudaStream_t stream, RowStaging staging) {
   if (head_dim % 8 != 0 || head_dim <= 0 || src_stride_group % 8 != 0 || src_stride_token % 8 != 0 || n < 0 ||
       groups < 0 || groups > 65535 || num_clusters < 0 || num_clusters > capacity || store.elem_bytes != 1 ||
       sizes == nullptr || begins == nullptr || k_scales == nullptr || v_scales == nullptr)
@@ -229,7 +242,7 @@ cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64
   store_rows_fp8_kernel<kThreads><<<dim3(unsigned(num_clusters), unsigned(groups)), kThreads, 0, stream>>>(
       static_cast<const uint4*>(k_src), static_cast<const uint4*>(v_src), src_stride_group, src_stride_token, order,
       n, head_dim / 8, sizes, begins, capacity, k_scales, v_scales, store.k_pages, store.v_pages, store.max_pages,
-      store.page_rows, first_group, row_base);
+      store.page_rows, first_group, row_base, staging);
   return cudaGetLastError();
 }
 

@@ -18,13 +18,24 @@ namespace retro::attention::cuda {
 cudaError_t steady_append(const void* k_new, const void* v_new, void* k_steady, void* v_steady, int32_t* steady_len,
                           int batch, int64_t row_elems, int64_t slot_stride, cudaStream_t stream);
 
+// Where the store kernels below write instead of the host store when k is not null: device rows
+// [groups, n, head_dim] (K and V, the store's element type), row r of group g being what row
+// row_base + r of store group first_group + g would hold. HostKvStore::upload_rows then moves them
+// with the copy engines, which leaves the SMs to the work beside (the next prefill layer) where
+// kernel stores into mapped host memory hold them for as long as PCIe takes.
+struct RowStaging {
+  void* k = nullptr;
+  void* v = nullptr;
+};
+
 // Writes the rows of `groups` groups in list order into the host store: row r of group g (g in
 // [0, groups)) is the source token order[g * n + r], read at src + g * src_stride_group + token *
 // src_stride_token, and stored at row row_base + r of store group first_group + g. K and V, bf16
 // (store: elem_bytes 2).
 cudaError_t store_clustered_rows(const void* k_src, const void* v_src, int64_t src_stride_group,
                                  int64_t src_stride_token, const int32_t* order, int groups, int64_t n, int head_dim,
-                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream);
+                                 HostStoreView store, int first_group, int64_t row_base, cudaStream_t stream,
+                                 RowStaging staging = {});
 
 // The fp8 twin of store_clustered_rows for the clusters [0, num_clusters) of a new index segment
 // (store: elem_bytes 1). Entry g * capacity + c of sizes, begins, k_scales and v_scales is cluster
@@ -37,7 +48,8 @@ cudaError_t store_clustered_rows_fp8(const void* k_src, const void* v_src, int64
                                      int64_t src_stride_token, const int32_t* order, int groups, int64_t n,
                                      int head_dim, const int32_t* sizes, const int64_t* begins, int64_t capacity,
                                      int64_t num_clusters, float* k_scales, float* v_scales, HostStoreView store,
-                                     int first_group, int64_t row_base, cudaStream_t stream);
+                                     int first_group, int64_t row_base, cudaStream_t stream,
+                                     RowStaging staging = {});
 
 // begins[g * capacity + c] += add for g in [0, groups), c in [0, count).
 cudaError_t offset_cluster_begins(int64_t* begins, int groups, int64_t capacity, int64_t count, int64_t add,

@@ -560,15 +560,30 @@ __global__ void __launch_bounds__(kWaveSelectThreads) select_kernel(const Select
     }
   }
 
-  // Sort only the retrieved ids; padding entries (0) sort after every real key (>= 1).
-  int n_sort = 1;
-  while (n_sort < n_retrieved) n_sort *= 2;
-  for (int i = n_retrieved + tid; i < n_sort; i += kWaveSelectThreads) sort_buf[i] = 0ull;
-  __syncthreads();
-  bitonic_sort_descending(sort_buf, n_sort);
+  // Sort only the retrieved ids. The entries are distinct (the id is in the low half), so up to one
+  // per thread each takes its place from the count of larger ones: one pass of broadcast reads where
+  // a bitonic sort needs log2(n) (log2(n) + 1) / 2 barrier-separated stages. Longer lists are padded
+  // with 0, which sorts after every real key (>= 1), and sorted bitonically.
   int32_t* rids = a.retrieve_ids + int64_t(g) * a.retrieve_stride;
-  for (int i = tid; i < n_retrieved; i += kWaveSelectThreads)
-    rids[i] = static_cast<int32_t>(0xffffffffu - static_cast<unsigned>(sort_buf[i] & 0xffffffffull));
+  auto id_of = [](unsigned long long e) {
+    return static_cast<int32_t>(0xffffffffu - static_cast<unsigned>(e & 0xffffffffull));
+  };
+  __syncthreads();
+  if (n_retrieved <= kWaveSelectThreads) {
+    if (tid < n_retrieved) {
+      const unsigned long long mine = sort_buf[tid];
+      int rank = 0;
+      for (int j = 0; j < n_retrieved; ++j) rank += sort_buf[j] > mine;
+      rids[rank] = id_of(mine);
+    }
+  } else {
+    int n_sort = 1;
+    while (n_sort < n_retrieved) n_sort *= 2;
+    for (int i = n_retrieved + tid; i < n_sort; i += kWaveSelectThreads) sort_buf[i] = 0ull;
+    __syncthreads();
+    bitonic_sort_descending(sort_buf, n_sort);
+    for (int i = tid; i < n_retrieved; i += kWaveSelectThreads) rids[i] = id_of(sort_buf[i]);
+  }
   if (tid == 0) {
     a.retrieve_count[g] = n_retrieved;
     a.estimate_count[g] = n_estimated;

@@ -97,6 +97,46 @@ TEST_F(HostStoreGpu, PageTablesPointAtTheHostRowsAndGrowOnDemand) {
                              {"101 rows for group 0 exceed the 100 rows"});
 }
 
+// upload_rows: device rows land in the pages row for row, across page boundaries, the rows around
+// them untouched; rows past the reservation are a clear error.
+TEST_F(HostStoreGpu, UploadedRowsLandInThePagesAcrossPageBoundaries) {
+  auto pinned = make_pinned_host_allocator();
+  auto device = make_device_allocator(0);
+  const int d = 32;
+  const int64_t page_rows = 8, row0 = 5, count = 19;  // rows 5..23: pages 0, 1, 2
+  cuda::HostPagePool pool(size_t(page_rows) * d, size_t(page_rows) * d * 8, *pinned);
+  cuda::HostKvStore store(2, d, 1, 64, pool, *device);
+  store.reserve(1, 32, nullptr);
+  for (int64_t r = 0; r < 32; ++r) {
+    std::memset(store.row(1, r, false), 0xAA, size_t(d));
+    std::memset(store.row(1, r, true), 0xBB, size_t(d));
+  }
+  std::vector<uint8_t> k(size_t(count) * d), v(k.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = uint8_t(i * 7 + 1);
+    v[i] = uint8_t(i * 13 + 2);
+  }
+  void *dk = nullptr, *dv = nullptr;
+  ASSERT_EQ(cudaMalloc(&dk, k.size()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dv, v.size()), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dk, k.data(), k.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dv, v.data(), v.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  store.upload_rows(1, row0, count, dk, dv, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (int64_t r = 0; r < 32; ++r) {
+    const bool in = r >= row0 && r < row0 + count;
+    for (int i = 0; i < d; ++i) {
+      const size_t at = size_t(r - row0) * d + size_t(i);
+      ASSERT_EQ(static_cast<uint8_t*>(store.row(1, r, false))[i], in ? k[at] : 0xAA) << "row " << r << " K " << i;
+      ASSERT_EQ(static_cast<uint8_t*>(store.row(1, r, true))[i], in ? v[at] : 0xBB) << "row " << r << " V " << i;
+    }
+  }
+  test_support::expect_error([&] { store.upload_rows(1, 30, 3, dk, dv, nullptr); }, ErrorKind::kInvalidArgument,
+                             {"rows [30, 33) of group 1 holding 32"});
+  cudaFree(dk);
+  cudaFree(dv);
+}
+
 TEST_F(HostStoreGpu, PinnedCapacityIsAClearError) {
   const size_t page = 64 * 2 * 8;
   auto pinned = make_pinned_host_allocator(3 * page);
