@@ -55,7 +55,7 @@ struct DensePrefillOptions : KernelBenchOptions {
     warmup = 2;
     reps = 5;
   }
-  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined
+  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined, wgmma-tma
 };
 
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
@@ -181,7 +181,9 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   // The kernels to time, auto resolved to the one it picks on this GPU.
   std::vector<attention::cuda::PrefillKernel> kernels;
   for (const std::string& name : names) {
-    if (name == "wgmma-pipelined" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
+    if (name == "wgmma-tma")
+      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaTma);
+    else if (name == "wgmma-pipelined" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
       kernels.push_back(attention::cuda::PrefillKernel::kWgmmaPipelined);
     else if (name == "wgmma")
       kernels.push_back(attention::cuda::PrefillKernel::kWgmma);
@@ -212,7 +214,8 @@ void run_dense_prefill(const DensePrefillOptions& o) {
     p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
     for (attention::cuda::PrefillKernel kernel : kernels) {
       p.kernel = kernel;
-      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaPipelined ? "wgmma-pipelined"
+      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaTma         ? "wgmma-tma"
+                         : kernel == attention::cuda::PrefillKernel::kWgmmaPipelined ? "wgmma-pipelined"
                          : kernel == attention::cuda::PrefillKernel::kWgmma        ? "wgmma"
                                                                                    : "mma";
       double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
@@ -255,9 +258,9 @@ void register_gpu_attention_benches(CLI::App& bench) {
   add_kernel_bench_options(*p, *prefill);
   p->add_option("--kernel", prefill->kernels,
                 "Kernels to time, comma list: auto (wgmma-pipelined on Hopper builds with sm_90a, else mma), mma, "
-                "wgmma, wgmma-pipelined")
+                "wgmma, wgmma-pipelined, wgmma-tma (the pipelined schedule with TMA loads)")
       ->capture_default_str()
-      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined"}));
+      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined", "wgmma-tma"}));
   p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
     run_dense_prefill(*prefill);

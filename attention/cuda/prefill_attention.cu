@@ -1,5 +1,9 @@
 // Launch of causal prefill attention (kernel in prefill_attention.cuh); checks in prefill_attention.cpp.
 
+#include <cuda.h>
+
+#include <cstdint>
+
 #include "attention/cuda/prefill_attention.cuh"
 #include "attention/cuda/prefill_attention.h"
 #include "attention/cuda/prefill_attention_wgmma.cuh"
@@ -25,19 +29,70 @@ cudaError_t launch(const PrefillAttentionParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <int kHeadDim, bool kPipelined>
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's tensor-map encoder, reached through the runtime (no link against libcuda); null when
+// the driver has none.
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return EncodeTiled{nullptr};
+    }
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// K or V of every KV head as a 3-D bf16 tensor for TMA: 64 columns (128 bytes, the swizzle span) x
+// 1 head x kBlockN tokens a box, the smaller of the head and token strides second (*heads_inner) so
+// the strides grow with the dimension, as the encoder requires. False where TMA cannot describe it
+// (no encoder, a base or stride not a multiple of 16 bytes).
+bool kv_tensor_map(CUtensorMap* map, const void* base, const PrefillAttentionParams& p, int block_n,
+                   int* heads_inner) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0 || p.kv_stride_token % 8 != 0 ||
+      p.kv_stride_head % 8 != 0)
+    return false;
+  *heads_inner = p.kv_stride_head <= p.kv_stride_token ? 1 : 0;
+  const cuuint64_t heads = cuuint64_t(p.num_kv_heads), tokens = cuuint64_t(p.n_kv);
+  const cuuint64_t head_bytes = cuuint64_t(p.kv_stride_head) * 2, token_bytes = cuuint64_t(p.kv_stride_token) * 2;
+  const cuuint64_t dims[3] = {cuuint64_t(p.head_dim), *heads_inner ? heads : tokens, *heads_inner ? tokens : heads};
+  const cuuint64_t strides[2] = {*heads_inner ? head_bytes : token_bytes, *heads_inner ? token_bytes : head_bytes};
+  const cuuint32_t box[3] = {64, *heads_inner ? 1u : cuuint32_t(block_n), *heads_inner ? cuuint32_t(block_n) : 1u};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int kHeadDim, bool kPipelined, bool kTma>
 cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
   using namespace kernels;
   using Tile = WgmmaPrefillTile<kHeadDim>;
-  auto kernel = prefill_attention_wgmma_kernel<kHeadDim, kPipelined>;
+  auto kernel = prefill_attention_wgmma_kernel<kHeadDim, kPipelined, kTma>;
   const int smem = Tile::smem_bytes(kPipelined ? 3 : 2);
   cudaError_t st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (st != cudaSuccess) return st;
+  CUtensorMap tmap_k{}, tmap_v{};
+  int heads_inner = 0;
+  if constexpr (kTma) {
+    if (!kv_tensor_map(&tmap_k, p.k, p, Tile::kBlockN, &heads_inner) ||
+        !kv_tensor_map(&tmap_v, p.v, p, Tile::kBlockN, &heads_inner))
+      return cudaErrorNotSupported;
+  }
   dim3 grid(static_cast<unsigned>((p.n_q + Tile::kBlockM - 1) / Tile::kBlockM), static_cast<unsigned>(p.num_q_heads));
   kernel<<<grid, Tile::kThreads, smem, stream>>>(
       static_cast<const __nv_bfloat16*>(p.q), p.q_stride_token, static_cast<const __nv_bfloat16*>(p.k),
       static_cast<const __nv_bfloat16*>(p.v), p.kv_stride_token, p.kv_stride_head, static_cast<__nv_bfloat16*>(p.out),
-      p.lse, p.n_q, p.n_kv, p.num_q_heads, p.num_q_heads / p.num_kv_heads, p.sm_scale * 1.4426950408889634f);
+      p.lse, p.n_q, p.n_kv, p.num_q_heads, p.num_q_heads / p.num_kv_heads, p.sm_scale * 1.4426950408889634f, tmap_k,
+      tmap_v, heads_inner);
   return cudaGetLastError();
 }
 }  // namespace
@@ -47,10 +102,12 @@ cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream
   // Auto takes the pipelined schedule: on H100 it is the fastest of the three at every shape measured
   // (head_dim 128 at 16K / 64K / 128K tokens: 367 / 369 / 374 TFLOP/s, against 343 / 357 / 358 for
   // the two-stage schedule and 282 / 303 / 304 for mma.sync; head_dim 64: 271 / 282 / 284).
+  if (p.kernel == PrefillKernel::kWgmmaTma)
+    return p.head_dim == 128 ? launch_wgmma<128, true, true>(p, stream) : launch_wgmma<64, true, true>(p, stream);
   if (p.kernel == PrefillKernel::kWgmmaPipelined || (p.kernel == PrefillKernel::kAuto && prefill_wgmma_available()))
-    return p.head_dim == 128 ? launch_wgmma<128, true>(p, stream) : launch_wgmma<64, true>(p, stream);
+    return p.head_dim == 128 ? launch_wgmma<128, true, false>(p, stream) : launch_wgmma<64, true, false>(p, stream);
   if (p.kernel == PrefillKernel::kWgmma)
-    return p.head_dim == 128 ? launch_wgmma<128, false>(p, stream) : launch_wgmma<64, false>(p, stream);
+    return p.head_dim == 128 ? launch_wgmma<128, false, false>(p, stream) : launch_wgmma<64, false, false>(p, stream);
   // Two m16 tiles per warp halve the shared-memory reads per MMA. At head_dim 128 the Q fragments
   // are re-read from shared memory each k-step, which frees the registers for 64-token K/V tiles
   // (measured on H100 at 16K / 64K tokens: 275 / 295 TFLOP/s, against 231 / 251 with Q held in

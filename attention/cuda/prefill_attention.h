@@ -16,6 +16,7 @@ enum class PrefillKernel {
   kMmaSync,         // FlashAttention-2 on mma.sync (any sm_80+ GPU)
   kWgmma,           // Hopper warpgroup MMA; an error where unavailable
   kWgmmaPipelined,  // the same with each tile's softmax beside the previous tile's P V (three stages)
+  kWgmmaTma,        // the pipelined schedule with K/V tiles loaded by TMA; an error where unavailable
 };
 
 struct PrefillAttentionParams {

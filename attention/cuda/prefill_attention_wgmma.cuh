@@ -13,12 +13,18 @@
 // Pipelined (three stages): tile t's S = Q K_t^T and the previous tile's O += P_{t-1} V_{t-1} are
 // issued together, and tile t's softmax runs while the tensor cores do P V (the intra-warpgroup
 // overlap of FlashAttention-3); O is rescaled once that P V has landed.
+//
+// kTma (pipelined only): the K/V tiles come by TMA instead of cp.async. One thread issues a tile's
+// bulk tensor copies (tma.cuh; the tensor maps cover K and V of every KV head, 64-column boxes of
+// 128 tokens in the 128-byte swizzle) and the CTA waits on the stage's mbarrier, so the 256 threads
+// no longer spend 16 copy instructions and their address arithmetic per tile each.
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "attention/cuda/prefill_attention.cuh"
+#include "attention/cuda/tma.cuh"
 #include "attention/cuda/wgmma.cuh"
 
 namespace retro::attention::cuda::kernels {
@@ -31,8 +37,8 @@ struct WgmmaPrefillTile {
   static constexpr int kBlockN = 128;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;
-  // Q + kStages x (K, V), and room to start them on a 1024-byte boundary.
-  static constexpr int smem_bytes(int stages) { return kQBytes + 2 * stages * kKvBytes + 1024; }
+  // Q + kStages x (K, V), one mbarrier a stage (TMA), and room to start them on a 1024-byte boundary.
+  static constexpr int smem_bytes(int stages) { return kQBytes + 2 * stages * kKvBytes + 8 * stages + 1024; }
 };
 
 // Loads rows [row0, row0 + kRows) of a [n, head_dim] bf16 matrix (row stride `stride` elements) into a
@@ -141,13 +147,18 @@ __device__ __forceinline__ void rescale(float (&o)[kN], const float (&corr)[2]) 
   for (int i = 0; i < kN; ++i) o[i] *= corr[(i / 2) & 1];
 }
 
-template <int kHeadDim, bool kPipelined>
+// tmap_k / tmap_v (kTma): K and V as 3-D tensors of 64-column x 1-head x 128-token boxes, the head
+// dimension second when tma_heads_inner (coordinates column, KV head, token), else third (column,
+// token, KV head).
+template <int kHeadDim, bool kPipelined, bool kTma>
 __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
     prefill_attention_wgmma_kernel(const __nv_bfloat16* __restrict__ q, int64_t q_stride_token,
                                    const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
                                    int64_t kv_stride_token, int64_t kv_stride_head, __nv_bfloat16* __restrict__ out,
                                    float* __restrict__ lse, int64_t n_q, int64_t n_kv, int num_q_heads, int group,
-                                   float scale_log2) {
+                                   float scale_log2, const __grid_constant__ CUtensorMap tmap_k,
+                                   const __grid_constant__ CUtensorMap tmap_v, int tma_heads_inner) {
+  static_assert(kPipelined || !kTma, "TMA loads feed the pipelined schedule");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = WgmmaPrefillTile<kHeadDim>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kThreads = Tile::kThreads;
@@ -165,11 +176,36 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
   const __nv_bfloat16 *qh = blk.qh, *kh = blk.kh, *vh = blk.vh;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
+  // TMA: the mbarrier of stage i, completed once a use of the stage (tile t: stage t % kStages, phase
+  // parity (t / kStages) & 1).
+  const uint32_t bars = sk0 + uint32_t(kStages) * 2u * Tile::kKvBytes;
+  auto full = [&](int tile) { return bars + uint32_t(tile % kStages) * 8u; };
+  const int kv_head = head / group;
   auto load_kv = [&](int tile) {
-    load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(tile), kh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
-    load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(tile), vh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
+    if constexpr (kTma) {
+      if (threadIdx.x != 0) return;
+      mbarrier_arrive_expect_tx(full(tile), 2u * Tile::kKvBytes);
+      const int token = tile * kBlockN;
+#pragma unroll
+      for (int cb = 0; cb < kHeadDim / 64; ++cb) {
+        const uint32_t block = uint32_t(cb) * kBlockN * 128u;
+        const int c1 = tma_heads_inner ? kv_head : token, c2 = tma_heads_inner ? token : kv_head;
+        tma_load_3d(sk(tile) + block, &tmap_k, full(tile), cb * 64, c1, c2);
+        tma_load_3d(sv(tile) + block, &tmap_v, full(tile), cb * 64, c1, c2);
+      }
+    } else {
+      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sk(tile), kh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
+      load_tile_sw128<kHeadDim, kBlockN, kThreads>(sv(tile), vh, kv_stride_token, int64_t(tile) * kBlockN, n_kv);
+    }
   };
 
+  if constexpr (kTma) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < kStages; ++i) mbarrier_init(full(i), 1);
+      fence_mbarrier_init();
+    }
+    __syncthreads();
+  }
   load_tile_sw128<kHeadDim, kBlockM, kThreads>(sq, qh, q_stride_token, q_row0, n_q);
   load_kv(0);
   cp_async_commit();
@@ -216,9 +252,16 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
     // Tile 0: its scores and softmax alone.
     if (num_tiles > 1) load_kv(1);
     cp_async_commit();
-    cp_async_wait<1>();
-    fence_view_async_shared();
-    __syncthreads();
+    if constexpr (kTma) {
+      cp_async_wait<0>();  // Q
+      fence_view_async_shared();
+      __syncthreads();
+      mbarrier_wait(full(0), 0);
+    } else {
+      cp_async_wait<1>();
+      fence_view_async_shared();
+      __syncthreads();
+    }
     wgmma_fence();
     wgmma_scores<kHeadDim>(s, sq_wg, sk(0));
     wgmma_commit();
@@ -229,11 +272,17 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
     for (int tile = 1; tile < num_tiles; ++tile) {
       // Tile t's K/V have landed; every thread is past its P V of tile t - 2, whose stage the loads of
       // tile t + 1 now reuse.
-      cp_async_wait<0>();
-      fence_view_async_shared();
-      __syncthreads();
-      if (tile + 1 < num_tiles) load_kv(tile + 1);
-      cp_async_commit();
+      if constexpr (kTma) {
+        __syncthreads();
+        if (tile + 1 < num_tiles) load_kv(tile + 1);
+        mbarrier_wait(full(tile), unsigned(tile / kStages) & 1u);
+      } else {
+        cp_async_wait<0>();
+        fence_view_async_shared();
+        __syncthreads();
+        if (tile + 1 < num_tiles) load_kv(tile + 1);
+        cp_async_commit();
+      }
       // S_t = Q K_t^T, then O += P_{t-1} V_{t-1}: two groups, the scores first.
       wgmma_fence_operands(o);
       wgmma_fence();

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <tuple>
@@ -30,6 +31,7 @@ namespace {
 struct PrefillCase {
   int64_t n_q, n_kv;
   int num_q_heads, num_kv_heads, head_dim;
+  bool head_major = false;  // K/V stored [kv_heads, n_kv, head_dim] instead of [n_kv, kv_heads, head_dim]
 };
 
 using cuda::PrefillKernel;
@@ -73,8 +75,17 @@ TEST_P(PrefillAttentionGpu, MatchesTheCpuTwin) {
   ASSERT_CUDA(cudaMalloc(&dout, q.size() * 2));
   ASSERT_CUDA(cudaMalloc(&dlse, size_t(c.n_q) * hq * 4));
   ASSERT_CUDA(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dk, k.data(), k.size() * 2, cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dv, v.data(), v.size() * 2, cudaMemcpyHostToDevice));
+  // The device copy in the case's layout; the reference reads the token-major host copy.
+  auto layout = [&](const std::vector<bf16>& x) {
+    if (!c.head_major) return x;
+    std::vector<bf16> y(x.size());
+    for (int64_t t = 0; t < c.n_kv; ++t)
+      for (int h = 0; h < hk; ++h)
+        std::copy_n(x.begin() + (t * hk + h) * d, d, y.begin() + (int64_t(h) * c.n_kv + t) * d);
+    return y;
+  };
+  ASSERT_CUDA(cudaMemcpy(dk, layout(k).data(), k.size() * 2, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemcpy(dv, layout(v).data(), v.size() * 2, cudaMemcpyHostToDevice));
   ASSERT_CUDA(cudaMemset(dout, 0xFF, q.size() * 2));
   ASSERT_CUDA(cudaMemset(dlse, 0xFF, size_t(c.n_q) * hq * 4));
   cuda::PrefillAttentionParams p;
@@ -82,8 +93,8 @@ TEST_P(PrefillAttentionGpu, MatchesTheCpuTwin) {
   p.q_stride_token = int64_t(hq) * d;
   p.k = dk;
   p.v = dv;
-  p.kv_stride_token = int64_t(hk) * d;
-  p.kv_stride_head = d;
+  p.kv_stride_token = c.head_major ? d : int64_t(hk) * d;
+  p.kv_stride_head = c.head_major ? c.n_kv * d : d;
   p.out = dout;
   p.lse = dlse;
   p.n_q = c.n_q;
@@ -127,18 +138,20 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
                                                           PrefillCase{1, 700, 8, 2, 128},     // a single query
                                                           PrefillCase{100, 100, 8, 2, 128},   // one K/V tile
                                                           PrefillCase{517, 517, 8, 8, 64},    // MHA, head_dim 64
-                                                          PrefillCase{129, 4000, 16, 2, 64}),  // GQA 8
+                                                          PrefillCase{129, 4000, 16, 2, 64},  // GQA 8
+                                                          PrefillCase{700, 1500, 8, 2, 128, true}),  // head-major K/V
                                           testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma,
-                                                          PrefillKernel::kWgmmaPipelined)),
+                                                          PrefillKernel::kWgmmaPipelined, PrefillKernel::kWgmmaTma)),
                          [](const testing::TestParamInfo<std::tuple<PrefillCase, PrefillKernel>>& info) {
                            const PrefillCase& c = std::get<0>(info.param);
                            const PrefillKernel kernel = std::get<1>(info.param);
-                           const char* name = kernel == PrefillKernel::kWgmmaPipelined ? "wgmma_pipelined_"
+                           const char* name = kernel == PrefillKernel::kWgmmaTma         ? "wgmma_tma_"
+                                              : kernel == PrefillKernel::kWgmmaPipelined ? "wgmma_pipelined_"
                                               : kernel == PrefillKernel::kWgmma        ? "wgmma_"
                                                                                        : "mma_";
                            return std::string(name) + "q" + std::to_string(c.n_q) + "_kv" + std::to_string(c.n_kv) + "_h" +
                                   std::to_string(c.num_q_heads) + "x" + std::to_string(c.num_kv_heads) + "_d" +
-                                  std::to_string(c.head_dim);
+                                  std::to_string(c.head_dim) + (c.head_major ? "_head_major" : "");
                          });
 
 #else
