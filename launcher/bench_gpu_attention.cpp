@@ -55,7 +55,7 @@ struct DensePrefillOptions : KernelBenchOptions {
     warmup = 2;
     reps = 5;
   }
-  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined, wgmma-tma
+  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined, wgmma-tma, wgmma-ws
 };
 
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
@@ -181,7 +181,9 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   // The kernels to time, auto resolved to the one it picks on this GPU.
   std::vector<attention::cuda::PrefillKernel> kernels;
   for (const std::string& name : names) {
-    if (name == "wgmma-tma")
+    if (name == "wgmma-ws")
+      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaWs);
+    else if (name == "wgmma-tma")
       kernels.push_back(attention::cuda::PrefillKernel::kWgmmaTma);
     else if (name == "wgmma-pipelined" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
       kernels.push_back(attention::cuda::PrefillKernel::kWgmmaPipelined);
@@ -214,7 +216,8 @@ void run_dense_prefill(const DensePrefillOptions& o) {
     p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
     for (attention::cuda::PrefillKernel kernel : kernels) {
       p.kernel = kernel;
-      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaTma         ? "wgmma-tma"
+      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaWs          ? "wgmma-ws"
+                         : kernel == attention::cuda::PrefillKernel::kWgmmaTma         ? "wgmma-tma"
                          : kernel == attention::cuda::PrefillKernel::kWgmmaPipelined ? "wgmma-pipelined"
                          : kernel == attention::cuda::PrefillKernel::kWgmma        ? "wgmma"
                                                                                    : "mma";
@@ -258,9 +261,10 @@ void register_gpu_attention_benches(CLI::App& bench) {
   add_kernel_bench_options(*p, *prefill);
   p->add_option("--kernel", prefill->kernels,
                 "Kernels to time, comma list: auto (wgmma-pipelined on Hopper builds with sm_90a, else mma), mma, "
-                "wgmma, wgmma-pipelined, wgmma-tma (the pipelined schedule with TMA loads)")
+                "wgmma, wgmma-pipelined, wgmma-tma (the pipelined schedule with TMA loads), wgmma-ws (warp-specialised: "
+                "a TMA producer warpgroup and two consumer warpgroups)")
       ->capture_default_str()
-      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined", "wgmma-tma"}));
+      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined", "wgmma-tma", "wgmma-ws"}));
   p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
     run_dense_prefill(*prefill);

@@ -7,6 +7,7 @@
 #include "attention/cuda/prefill_attention.cuh"
 #include "attention/cuda/prefill_attention.h"
 #include "attention/cuda/prefill_attention_wgmma.cuh"
+#include "attention/cuda/prefill_attention_ws.cuh"
 
 
 namespace retro::attention::cuda {
@@ -95,6 +96,26 @@ cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
       tmap_v, heads_inner);
   return cudaGetLastError();
 }
+template <int kHeadDim>
+cudaError_t launch_ws(const PrefillAttentionParams& p, cudaStream_t stream) {
+  using namespace kernels;
+  using Tile = WsPrefillTile<kHeadDim>;
+  auto kernel = prefill_attention_ws_kernel<kHeadDim>;
+  cudaError_t st = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (st != cudaSuccess) return st;
+  CUtensorMap tmap_k{}, tmap_v{};
+  int heads_inner = 0;
+  if (!kv_tensor_map(&tmap_k, p.k, p, Tile::kBlockN, &heads_inner) ||
+      !kv_tensor_map(&tmap_v, p.v, p, Tile::kBlockN, &heads_inner))
+    return cudaErrorNotSupported;
+  dim3 grid(static_cast<unsigned>((p.n_q + Tile::kBlockM - 1) / Tile::kBlockM), static_cast<unsigned>(p.num_q_heads));
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
+      static_cast<const __nv_bfloat16*>(p.q), p.q_stride_token, static_cast<const __nv_bfloat16*>(p.k),
+      static_cast<const __nv_bfloat16*>(p.v), p.kv_stride_head, static_cast<__nv_bfloat16*>(p.out), p.lse, p.n_q,
+      p.n_kv, p.num_q_heads, p.num_q_heads / p.num_kv_heads, p.sm_scale * 1.4426950408889634f, tmap_k, tmap_v,
+      heads_inner);
+  return cudaGetLastError();
+}
 }  // namespace
 
 cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
@@ -102,6 +123,8 @@ cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream
   // Auto takes the pipelined schedule: on H100 it is the fastest of the three at every shape measured
   // (head_dim 128 at 16K / 64K / 128K tokens: 367 / 369 / 374 TFLOP/s, against 343 / 357 / 358 for
   // the two-stage schedule and 282 / 303 / 304 for mma.sync; head_dim 64: 271 / 282 / 284).
+  if (p.kernel == PrefillKernel::kWgmmaWs)
+    return p.head_dim == 128 ? launch_ws<128>(p, stream) : launch_ws<64>(p, stream);
   if (p.kernel == PrefillKernel::kWgmmaTma)
     return p.head_dim == 128 ? launch_wgmma<128, true, true>(p, stream) : launch_wgmma<64, true, true>(p, stream);
   if (p.kernel == PrefillKernel::kWgmmaPipelined || (p.kernel == PrefillKernel::kAuto && prefill_wgmma_available()))

@@ -17,6 +17,7 @@ enum class PrefillKernel {
   kWgmma,           // Hopper warpgroup MMA; an error where unavailable
   kWgmmaPipelined,  // the same with each tile's softmax beside the previous tile's P V (three stages)
   kWgmmaTma,        // the pipelined schedule with K/V tiles loaded by TMA; an error where unavailable
+  kWgmmaWs,         // warp-specialised: a TMA producer warpgroup, two consumer warpgroups (FA3 layout)
 };
 
 struct PrefillAttentionParams {

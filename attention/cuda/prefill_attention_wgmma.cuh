@@ -147,6 +147,68 @@ __device__ __forceinline__ void rescale(float (&o)[kN], const float (&corr)[2]) 
   for (int i = 0; i < kN; ++i) o[i] *= corr[(i / 2) & 1];
 }
 
+// S = Q K^T of one tile, issued and completed.
+template <int kHeadDim>
+__device__ __forceinline__ void scores_complete(float (&s)[64], uint32_t sq_wg, uint32_t sk) {
+  wgmma_fence();
+  wgmma_scores<kHeadDim>(s, sq_wg, sk);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+}
+
+// The pipelined step: issues S = Q K_t^T and then O += P_{t-1} V_{t-1} as two groups and returns once
+// the scores are in registers (P V still runs; wgmma_wait<0>() and a fence on o complete it).
+template <int kHeadDim>
+__device__ __forceinline__ void scores_beside_pv(float (&s)[64], float (&o)[kHeadDim / 2], const uint32_t (&p)[8][4],
+                                                 uint32_t sq_wg, uint32_t sk, uint32_t sv_previous) {
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  wgmma_scores<kHeadDim>(s, sq_wg, sk);
+  wgmma_commit();
+  wgmma_pv<kHeadDim>(o, p, sv_previous);
+  wgmma_commit();
+  wgmma_wait<1>();  // the scores
+  wgmma_fence_operands(s);
+}
+
+// O += P V of one tile, issued and completed.
+template <int kHeadDim>
+__device__ __forceinline__ void pv_complete(float (&o)[kHeadDim / 2], const uint32_t (&p)[8][4], uint32_t sv) {
+  wgmma_fence_operands(o);
+  wgmma_fence();
+  wgmma_pv<kHeadDim>(o, p, sv);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+}
+
+// Finalise a warp's 16 rows (first row warp_row0): total the row sums over the quad, normalise O,
+// write it in bf16 and the LSE (natural log).
+template <int kHeadDim>
+__device__ __forceinline__ void write_rows(const float (&o)[kHeadDim / 2], const float (&m_run)[2],
+                                           const float (&l_run)[2], int64_t warp_row0, int64_t n_q, int num_q_heads,
+                                           int head, __nv_bfloat16* __restrict__ out, float* __restrict__ lse) {
+  const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int64_t row = warp_row0 + g + r * 8;
+    if (row >= n_q) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
+          __floats2bfloat162_rn(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+    }
+    if (lse != nullptr && t == 0)
+      lse[row * num_q_heads + head] = l > 0.0f ? (m_run[r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
+  }
+}
+
 // tmap_k / tmap_v (kTma): K and V as 3-D tensors of 64-column x 1-head x 128-token boxes, the head
 // dimension second when tma_heads_inner (coordinates column, KV head, token), else third (column,
 // token, KV head).
@@ -175,7 +237,7 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
   const int head = blk.head, num_tiles = blk.num_tiles;
   const __nv_bfloat16 *qh = blk.qh, *kh = blk.kh, *vh = blk.vh;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
+  const int g = lane / 4;
   // TMA: the mbarrier of stage i, completed once a use of the stage (tile t: stage t % kStages, phase
   // parity (t / kStages) & 1).
   const uint32_t bars = sk0 + uint32_t(kStages) * 2u * Tile::kKvBytes;
@@ -232,20 +294,11 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
       fence_view_async_shared();  // this thread's cp.async writes, seen by the async proxy (wgmma)
       __syncthreads();
 
-      wgmma_fence();
-      wgmma_scores<kHeadDim>(s, sq_wg, sk(tile));
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operands(s);
+      scores_complete<kHeadDim>(s, sq_wg, sk(tile));
       softmax_tile(s, tile * kBlockN, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);
       if (moved) rescale(o, corr);
       p_fragments(s, p);
-      wgmma_fence_operands(o);
-      wgmma_fence();
-      wgmma_pv<kHeadDim>(o, p, sv(tile));
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
+      pv_complete<kHeadDim>(o, p, sv(tile));
       __syncthreads();  // this stage is refilled two tiles from now
     }
   } else {
@@ -262,11 +315,7 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
       fence_view_async_shared();
       __syncthreads();
     }
-    wgmma_fence();
-    wgmma_scores<kHeadDim>(s, sq_wg, sk(0));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(s);
+    scores_complete<kHeadDim>(s, sq_wg, sk(0));
     softmax_tile(s, 0, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);  // O is still 0
     p_fragments(s, p);
     for (int tile = 1; tile < num_tiles; ++tile) {
@@ -283,47 +332,17 @@ __global__ void __launch_bounds__(WgmmaPrefillTile<kHeadDim>::kThreads, 1)
         if (tile + 1 < num_tiles) load_kv(tile + 1);
         cp_async_commit();
       }
-      // S_t = Q K_t^T, then O += P_{t-1} V_{t-1}: two groups, the scores first.
-      wgmma_fence_operands(o);
-      wgmma_fence();
-      wgmma_scores<kHeadDim>(s, sq_wg, sk(tile));
-      wgmma_commit();
-      wgmma_pv<kHeadDim>(o, p, sv(tile - 1));
-      wgmma_commit();
-      wgmma_wait<1>();  // the scores
-      wgmma_fence_operands(s);
+      scores_beside_pv<kHeadDim>(s, o, p, sq_wg, sk(tile), sv(tile - 1));
       softmax_tile(s, tile * kBlockN, pos, warp_first_pos, n_kv, scale_log2, m_run, l_run, corr, &moved);
       wgmma_wait<0>();  // P_{t-1} V_{t-1}, against the old maximum, is in O: now rescale it
       wgmma_fence_operands(o);
       if (moved) rescale(o, corr);
       p_fragments(s, p);
     }
-    wgmma_fence_operands(o);
-    wgmma_fence();
-    wgmma_pv<kHeadDim>(o, p, sv(num_tiles - 1));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(o);
+    pv_complete<kHeadDim>(o, p, sv(num_tiles - 1));
   }
 
-  // Finalise: total the row sums over the quad, normalise, write bf16 out and the LSE.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = l_run[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int64_t row = warp_row0 + g + r * 8;
-    if (row >= n_q) continue;
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    __nv_bfloat16* orow = out + (row * num_q_heads + head) * kHeadDim;
-#pragma unroll
-    for (int j = 0; j < kHeadDim / 8; ++j) {
-      *reinterpret_cast<__nv_bfloat162*>(orow + j * 8 + t * 2) =
-          __floats2bfloat162_rn(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-    }
-    if (lse != nullptr && t == 0)
-      lse[row * num_q_heads + head] = l > 0.0f ? (m_run[r] + log2f(l)) * 0.69314718055994531f : -INFINITY;
-  }
+  write_rows<kHeadDim>(o, m_run, l_run, warp_row0, n_q, num_q_heads, head, out, lse);
 #else
   __trap();  // launched only where the build has sm_90a code (prefill_attention.cu checks)
 #endif

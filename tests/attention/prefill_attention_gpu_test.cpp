@@ -141,11 +141,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PrefillAttentionGpu,
                                                           PrefillCase{129, 4000, 16, 2, 64},  // GQA 8
                                                           PrefillCase{700, 1500, 8, 2, 128, true}),  // head-major K/V
                                           testing::Values(PrefillKernel::kMmaSync, PrefillKernel::kWgmma,
-                                                          PrefillKernel::kWgmmaPipelined, PrefillKernel::kWgmmaTma)),
+                                                          PrefillKernel::kWgmmaPipelined, PrefillKernel::kWgmmaTma,
+                                                          PrefillKernel::kWgmmaWs)),
                          [](const testing::TestParamInfo<std::tuple<PrefillCase, PrefillKernel>>& info) {
                            const PrefillCase& c = std::get<0>(info.param);
                            const PrefillKernel kernel = std::get<1>(info.param);
-                           const char* name = kernel == PrefillKernel::kWgmmaTma         ? "wgmma_tma_"
+                           const char* name = kernel == PrefillKernel::kWgmmaWs          ? "wgmma_ws_"
+                                              : kernel == PrefillKernel::kWgmmaTma         ? "wgmma_tma_"
                                               : kernel == PrefillKernel::kWgmmaPipelined ? "wgmma_pipelined_"
                                               : kernel == PrefillKernel::kWgmma        ? "wgmma_"
                                                                                        : "mma_";
