@@ -90,8 +90,6 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
   }
   z.retrieve_ids = groups * size_t(z.retrieve_capacity) * 4;
   z.retrieve_count = groups * 4;
-  z.estimate_o = groups * size_t(group) * size_t(d) * 4;
-  z.estimate_lse = groups * size_t(group) * 4;
   z.stats = groups * size_t(kWaveSelectStatCount) * 8;
   z.steady_o = batch * size_t(shape.num_q_heads) * size_t(d) * 2;
   z.steady_lse = batch * size_t(shape.num_q_heads) * 4;
@@ -114,8 +112,7 @@ WaveLayerKvSizes plan_wave_layer_kv(const WaveKvShape& shape, const WaveIndexPar
 size_t WaveLayerKvSizes::total() const {
   size_t t = 0;
   for (size_t b : {steady, steady, steady_len, centroids, value_sums, sizes, begins, num_clusters, uids, select_ws,
-                   retrieve_ws, steady_ws, retrieve_ids, retrieve_count, estimate_o, estimate_lse, stats, steady_o,
-                   steady_lse})
+                   retrieve_ws, steady_ws, retrieve_ids, retrieve_count, stats, steady_o, steady_lse})
     t += std::max<size_t>(b, 1);
   if (scales > 0) t += 2 * scales;
   return t + page_tables + build;
@@ -234,8 +231,6 @@ WaveLayerKv::WaveLayerKv(const WaveKvShape& shape, const WaveIndexParams& params
   steady_ws_ = alloc(device_allocator, z.steady_ws, MemoryPurpose::kWorkspace);
   retrieve_ids_ = alloc(device_allocator, z.retrieve_ids, MemoryPurpose::kActivations);
   retrieve_count_ = alloc(device_allocator, z.retrieve_count, MemoryPurpose::kActivations);
-  estimate_o_ = alloc(device_allocator, z.estimate_o, MemoryPurpose::kActivations);
-  estimate_lse_ = alloc(device_allocator, z.estimate_lse, MemoryPurpose::kActivations);
   stats_ = alloc(device_allocator, z.stats, MemoryPurpose::kActivations);
   steady_o_ = alloc(device_allocator, z.steady_o, MemoryPurpose::kActivations);
   steady_lse_ = alloc(device_allocator, z.steady_lse, MemoryPurpose::kActivations);
@@ -564,15 +559,15 @@ void WaveLayerKv::attend(const void* q, void* out, float* lse, int batch, float 
   sel.retrieve_capacity = sp.retrieve_capacity;
   sel.retrieve_ids = ptr<int32_t>(retrieve_ids_);
   sel.retrieve_count = ptr<int32_t>(retrieve_count_);
-  sel.estimate_o = ptr<float>(estimate_o_);
-  sel.estimate_lse = ptr<float>(estimate_lse_);
   WaveSelectParams sparams;
   sparams.q = q;
   sparams.index = index;
   sparams.sm_scale = sm_scale;
   sparams.out = sel;
   sparams.stats = ptr<int64_t>(stats_);
+  sparams.keep_estimate_partials = true;  // merged with the other zones below, one kernel fewer
   run_wave_select(sparams, sp, select_ws_.data(), stream);
+  sel.estimate_partials = wave_estimate_partials(sparams, sp, select_ws_.data());
   if (select_event_ != nullptr) RETRO_CUDA_CHECK(cudaEventRecord(select_event_, stream));
 
   WaveRetrieveParams rp;
@@ -681,9 +676,8 @@ std::vector<float> WaveLayerKv::cluster_scales(int slot, bool value, cudaStream_
 size_t WaveLayerKv::device_bytes() const {
   size_t total = 0;
   for (const Buffer* b : {&k_steady_, &v_steady_, &steady_len_, &centroids_, &value_sums_, &sizes_, &begins_,
-                          &num_clusters_, &uids_, &k_scales_, &v_scales_, &retrieve_ids_, &retrieve_count_,
-                          &estimate_o_, &estimate_lse_, &stats_, &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_,
-                          &steady_ws_})
+                          &num_clusters_, &uids_, &k_scales_, &v_scales_, &retrieve_ids_, &retrieve_count_, &stats_,
+                          &steady_o_, &steady_lse_, &select_ws_, &retrieve_ws_, &steady_ws_})
     total += b->size();
   return total + (own_scratch_ ? own_scratch_->bytes() : 0);
 }

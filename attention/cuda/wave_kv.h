@@ -68,8 +68,7 @@ struct WaveLayerKvSizes {
   size_t centroids = 0, value_sums = 0, sizes = 0, begins = 0, num_clusters = 0, uids = 0;
   size_t scales = 0;             // fp8: K (and again V) per-cluster scales; 0 for bf16
   size_t select_ws = 0, retrieve_ws = 0, steady_ws = 0;  // workspaces of the largest batch
-  size_t retrieve_ids = 0, retrieve_count = 0, estimate_o = 0, estimate_lse = 0, stats = 0, steady_o = 0,
-         steady_lse = 0;
+  size_t retrieve_ids = 0, retrieve_count = 0, stats = 0, steady_o = 0, steady_lse = 0;
   size_t page_tables = 0;        // the host store's K and V page tables
   size_t build = 0;              // build workspace, order and mean keys of the largest segment (allocated on first use)
 
@@ -220,7 +219,7 @@ class WaveLayerKv {
   Buffer k_steady_, v_steady_, steady_len_;
   Buffer centroids_, value_sums_, sizes_, begins_, num_clusters_, uids_;
   Buffer k_scales_, v_scales_;  // fp8: [groups, cluster_capacity] fp32; empty for bf16
-  Buffer retrieve_ids_, retrieve_count_, estimate_o_, estimate_lse_, stats_;
+  Buffer retrieve_ids_, retrieve_count_, stats_;
   Buffer steady_o_, steady_lse_;
   Buffer select_ws_, retrieve_ws_, steady_ws_;
   // Plans per batch size (index batch - 1), made on first use.

@@ -47,14 +47,25 @@ struct HostStoreView {
   int elem_bytes = 2;  // 2: bf16 rows; 1: fp8-e4m3 rows, scaled per cluster (WaveIndexView::k_scales)
 };
 
+// The estimation zone as the partial states of its slices, before their merge (wave_select.h:
+// WaveSelectParams::keep_estimate_partials). Record (group g, slice s, row r) at partials +
+// ((g * slices + s) * G + r) * (head_dim + 2) holds (m, mass, numerator[head_dim]) with m a natural-log
+// reference; the slices of group g in use are the first ceil(count[g] / kWaveEstimateTile).
+struct WaveEstimatePartials {
+  const float* partials = nullptr;
+  const int32_t* count = nullptr;  // [groups] estimated clusters
+  int slices = 0;
+};
+
 // What cluster selection hands to retrieval: per group, the clusters to attend exactly (best first)
-// and the attention state of the estimation zone.
+// and the attention state of the estimation zone (merged, or as its slices' partial states).
 struct WaveSelection {
   int retrieve_capacity = 0;        // entries per group in retrieve_ids
   int32_t* retrieve_ids = nullptr;  // [groups, retrieve_capacity] cluster ids, best first
   int32_t* retrieve_count = nullptr;  // [groups]
   float* estimate_o = nullptr;      // [groups, G, head_dim] fp32, softmax-normalised over the estimated clusters
   float* estimate_lse = nullptr;    // [groups, G] fp32 natural log; -inf when nothing was estimated
+  WaveEstimatePartials estimate_partials;  // instead of estimate_o / estimate_lse when partials is set
 };
 
 }  // namespace retro::attention::cuda

@@ -75,8 +75,10 @@ void run_wave_retrieve(const WaveRetrieveParams& p, const WaveRetrievePlan& plan
   const WaveSelection& sel = p.selection;
   RETRO_CHECK(sel.retrieve_capacity == plan.retrieve_capacity, "wave retrieve: selection of {} clusters, plan for {}",
               sel.retrieve_capacity, plan.retrieve_capacity);
-  RETRO_CHECK(sel.retrieve_ids != nullptr && sel.retrieve_count != nullptr && sel.estimate_o != nullptr &&
-                  sel.estimate_lse != nullptr,
+  const bool slices = sel.estimate_partials.partials != nullptr;
+  RETRO_CHECK(sel.retrieve_ids != nullptr && sel.retrieve_count != nullptr &&
+                  (slices ? sel.estimate_partials.count != nullptr && sel.estimate_partials.slices >= 0
+                          : sel.estimate_o != nullptr && sel.estimate_lse != nullptr),
               "wave retrieve: selection without ids, counts or estimation state");
   RETRO_CHECK(p.q != nullptr && aligned16(p.q), "wave retrieve: q must be 16-byte aligned device memory");
   RETRO_CHECK(p.steady_splits >= 1, "wave retrieve: {} steady-zone splits", p.steady_splits);

@@ -23,6 +23,7 @@
 
 #include "attention/cuda/decode_attention.cuh"  // Bf16x8, bf16x8_to_float, merge_online
 #include "attention/cuda/wave_cache.cuh"
+#include "attention/cuda/wave_estimate.cuh"
 #include "attention/cuda/wave_retrieve.h"
 
 namespace retro::attention::cuda::kernels {
@@ -587,8 +588,8 @@ __global__ void __launch_bounds__(kRetrieveWarps * 32, kGroup <= 4 ? 3 : 1)
 }
 
 // Merge of the zones, one CTA of head_dim threads per (group, query head) row = b * num_q_heads + head:
-// the retrieval partials of the group's CTAs, the estimation zone and the steady zone (one state or
-// its decode attention's split states). A state with
+// the retrieval partials of the group's CTAs, the estimation zone (one state or its slices' partial
+// states) and the steady zone (one state or its decode attention's split states). A state with
 // lse -inf is skipped, so its o is never read into the sum (it may hold anything).
 template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim)
@@ -600,7 +601,15 @@ __global__ void __launch_bounds__(kHeadDim)
   const int d = threadIdx.x;
   const float* lse_part = ws.lse_part + g * num_splits * group_size + r;  // split s at s * group_size
   const float* o_part = ws.o_part + (g * num_splits * group_size + r) * kHeadDim + d;
-  const float est_lse = p.selection.estimate_lse[row] * kLog2e;
+  // The estimation zone: merged by wave select, or its slices merged here.
+  float est_o, est_lse;
+  if (p.selection.estimate_partials.partials != nullptr) {
+    merge_estimate_slices<kHeadDim>(p.selection.estimate_partials, group_size, g, r, d, est_o, est_lse);
+  } else {
+    est_o = p.selection.estimate_o[row * kHeadDim + d];
+    est_lse = p.selection.estimate_lse[row];
+  }
+  est_lse *= kLog2e;  // -inf stays -inf
   // The steady zone: one state, or the split states of its decode attention (base-2 LSEs).
   const int steady_splits = p.steady_splits;
   const float steady_lse = steady_splits > 1 ? -INFINITY : p.steady_lse[row] * kLog2e;
@@ -621,7 +630,7 @@ __global__ void __launch_bounds__(kHeadDim)
     if (est_lse != -INFINITY) {
       const float w = exp2f(est_lse - mm);
       sum += w;
-      a += w * p.selection.estimate_o[row * kHeadDim + d];
+      a += w * est_o;
     }
     if (steady_lse != -INFINITY) {
       const float w = exp2f(steady_lse - mm);

@@ -39,7 +39,7 @@ inline constexpr int kRetrieveWarps = 4;
 struct WaveRetrieveParams {
   WaveIndexView index;      // cluster sizes, list offsets and, for fp8 rows, scales (centroids and value sums unused)
   HostStoreView store;      // K/V rows of the clusters, mapped pinned host pages; elem_bytes 1 with scales, else 2
-  WaveSelection selection;  // retrieve_ids / retrieve_count, estimate_o / estimate_lse
+  WaveSelection selection;  // retrieve_ids / retrieve_count, estimate_o / estimate_lse (or estimate_partials)
   WaveCacheView cache;      // num_sets == 0: no cache, every part read from the host store; kv_dtype as the store
   // [num_groups] device: the cache key of each group, unique across the pool's layers and fresh
   // whenever the group's host rows are replaced (wave_cache.h); may be null without a cache.

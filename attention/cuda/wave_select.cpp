@@ -96,9 +96,10 @@ void run_wave_select(const WaveSelectParams& p, const WaveSelectPlan& plan, void
   RETRO_CHECK(p.q != nullptr, "wave select: null q");
   RETRO_CHECK(ix.num_clusters != nullptr && ix.centroids != nullptr && ix.value_sums != nullptr && ix.sizes != nullptr,
               "wave select: the index view needs num_clusters, centroids, value_sums and sizes");
-  RETRO_CHECK(p.out.retrieve_ids != nullptr && p.out.retrieve_count != nullptr && p.out.estimate_o != nullptr &&
-                  p.out.estimate_lse != nullptr,
-              "wave select: the selection needs retrieve_ids, retrieve_count, estimate_o and estimate_lse");
+  RETRO_CHECK(p.out.retrieve_ids != nullptr && p.out.retrieve_count != nullptr &&
+                  (p.keep_estimate_partials || (p.out.estimate_o != nullptr && p.out.estimate_lse != nullptr)),
+              "wave select: the selection needs retrieve_ids, retrieve_count, estimate_o and estimate_lse (or "
+              "keep_estimate_partials)");
   RETRO_CHECK(p.out.retrieve_capacity >= plan.retrieve_capacity,
               "wave select: retrieve_capacity {} of the selection is below the plan's {} (num_retrieve({}))",
               p.out.retrieve_capacity, plan.retrieve_capacity, plan.cluster_capacity);
@@ -110,6 +111,17 @@ void run_wave_select(const WaveSelectParams& p, const WaveSelectPlan& plan, void
               "wave select: needs a 256-byte aligned workspace of {} bytes", plan.workspace_bytes);
   RETRO_CHECK(std::isfinite(p.sm_scale), "wave select: sm_scale {} is not finite", p.sm_scale);
   RETRO_CUDA_CHECK(launch_wave_select(p, plan, workspace, stream));
+}
+
+WaveEstimatePartials wave_estimate_partials(const WaveSelectParams& p, const WaveSelectPlan& plan,
+                                            const void* workspace) {
+  const char* ws = static_cast<const char*>(workspace);
+  WaveEstimatePartials e;
+  e.partials = reinterpret_cast<const float*>(ws + plan.estimate_partials_offset);
+  e.count = p.estimate_count != nullptr ? p.estimate_count
+                                        : reinterpret_cast<const int32_t*>(ws + plan.estimate_count_offset);
+  e.slices = plan.estimate_slices;
+  return e;
 }
 
 }  // namespace retro::attention::cuda

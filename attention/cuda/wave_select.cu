@@ -49,6 +49,7 @@ cudaError_t launch_estimate(const WaveSelectParams& p, const WaveSelectPlan& pla
     const cudaError_t st = cudaGetLastError();
     if (st != cudaSuccess) return st;
   }
+  if (p.keep_estimate_partials) return cudaSuccess;  // the consumer merges the slices
   k::estimate_merge_kernel<kHeadDim><<<groups, G * kHeadDim, 0, stream>>>(
       partials, estimate_count, G, plan.estimate_slices, p.out.estimate_o, p.out.estimate_lse);
   return cudaGetLastError();

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "attention/cuda/wave_estimate.cuh"
 #include "attention/cuda/wave_select.h"
 
 namespace retro::attention::cuda::wave_select_kernels {
@@ -768,23 +769,11 @@ __global__ void estimate_merge_kernel(const float* __restrict__ partials, const 
                                       float* __restrict__ estimate_lse) {
   const int g = blockIdx.x;
   const int r = threadIdx.x / kHeadDim, e = threadIdx.x % kHeadDim;
-  const int G = group_size;
-  const int n_slices = min((estimate_count[g] + kWaveEstimateTile - 1) / kWaveEstimateTile, estimate_slices);
-  const float* rec = partials + (int64_t(g) * estimate_slices * G + r) * (kHeadDim + 2);
-  const int64_t slice_stride = int64_t(G) * (kHeadDim + 2);
-  float m = -INFINITY;
-  for (int s = 0; s < n_slices; ++s) m = fmaxf(m, rec[s * slice_stride]);
-  float mass = 0.0f, num = 0.0f;
-  if (m != -INFINITY) {
-    for (int s = 0; s < n_slices; ++s) {
-      const float* x = rec + s * slice_stride;
-      const float w = expf(x[0] - m);
-      mass = fmaf(x[1], w, mass);
-      num = fmaf(x[2 + e], w, num);
-    }
-  }
-  estimate_o[(int64_t(g) * G + r) * kHeadDim + e] = mass > 0.0f ? num / mass : 0.0f;
-  if (e == 0) estimate_lse[int64_t(g) * G + r] = mass > 0.0f ? m + logf(mass) : -INFINITY;
+  float o, lse;
+  const WaveEstimatePartials slices{partials, estimate_count, estimate_slices};
+  kernels::merge_estimate_slices<kHeadDim>(slices, group_size, g, r, e, o, lse);
+  estimate_o[(int64_t(g) * group_size + r) * kHeadDim + e] = o;
+  if (e == 0) estimate_lse[int64_t(g) * group_size + r] = lse;
 }
 
 }  // namespace retro::attention::cuda::wave_select_kernels

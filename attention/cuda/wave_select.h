@@ -95,6 +95,10 @@ struct WaveSelectParams {
   int64_t* stats = nullptr;           // [groups, kWaveSelectStatCount] per-group counters
   int32_t* estimate_ids = nullptr;    // [groups, cluster_capacity] estimated ids in id order
   int32_t* estimate_count = nullptr;  // [groups]
+  // Leave the estimation zone as its slices' partial states (wave_estimate_partials) for the
+  // consumer to merge, out.estimate_o / estimate_lse not written (they may be null): one kernel
+  // fewer.
+  bool keep_estimate_partials = false;
 };
 
 // Sizes the workspace for clusters_per_group <= cluster_capacity at run time. Throws retro::Error
@@ -106,6 +110,11 @@ WaveSelectPlan plan_wave_select(const WaveSelectShape& shape, const WaveSelectBu
 // plan.workspace_bytes, 256-byte aligned. num_clusters[g] above the capacity is read as the capacity.
 void run_wave_select(const WaveSelectParams& params, const WaveSelectPlan& plan, void* workspace,
                      cudaStream_t stream);
+
+// Where a run with keep_estimate_partials left the estimation zone (the workspace's partials and
+// the estimated counts: params.estimate_count when given, else the workspace's).
+WaveEstimatePartials wave_estimate_partials(const WaveSelectParams& params, const WaveSelectPlan& plan,
+                                            const void* workspace);
 
 // The bare launches without checks (wave_select.cu); returns the first launch error.
 cudaError_t launch_wave_select(const WaveSelectParams& params, const WaveSelectPlan& plan, void* workspace,

@@ -36,6 +36,7 @@
 
 #include "attention/cuda/wave_cache.h"
 #include "attention/cuda/wave_retrieve.h"
+#include "attention/cuda/wave_select.h"
 #endif
 
 namespace retro::attention {
@@ -381,6 +382,51 @@ class World {
       }
     }
     if (steady_splits > 1) split_steady_zone();
+    if (estimate_slices > 0) split_estimate_zone();
+  }
+
+  // The estimation zone as the partial states of estimate_slices slices instead (as wave select
+  // with keep_estimate_partials leaves them: natural-log reference m, mass and numerator per row;
+  // slices past a group's estimated count hold NaN and must not be read). est_o_ / est_lse_ become
+  // their merge, in double precision, for the reference.
+  void split_estimate_zone() {
+    std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const int d = s_.head_dim, G = s_.group_size, S = estimate_slices;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    est_part_.assign(size_t(s_.groups()) * S * G * (d + 2), nan);
+    est_count_.assign(size_t(s_.groups()), 0);
+    for (int g = 0; g < s_.groups(); ++g) {
+      // Group 1 estimates nothing; the others from part of one slice up to all of them.
+      const int count = g == 1 ? 0 : std::uniform_int_distribution<int>(1, S * cuda::kWaveEstimateTile)(rng_);
+      est_count_[size_t(g)] = count;
+      const int used = std::min((count + cuda::kWaveEstimateTile - 1) / cuda::kWaveEstimateTile, S);
+      for (int r = 0; r < G; ++r) {
+        const size_t row = size_t(g) * G + r;
+        double m_max = -kInf;
+        for (int sl = 0; sl < used; ++sl) {
+          float* rec = &est_part_[((size_t(g) * S + sl) * G + r) * (d + 2)];
+          rec[0] = 2.0f + 7.0f * uni(rng_);
+          rec[1] = 0.5f + 4.0f * uni(rng_);
+          for (int i = 0; i < d; ++i) rec[2 + i] = rec[1] * 0.5f * normal(rng_);
+          m_max = std::max(m_max, double(rec[0]));
+        }
+        if (used == 0) {
+          est_lse_[row] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        double mass = 0.0;
+        std::vector<double> num(size_t(d), 0.0);
+        for (int sl = 0; sl < used; ++sl) {
+          const float* rec = &est_part_[((size_t(g) * S + sl) * G + r) * (d + 2)];
+          const double w = std::exp(double(rec[0]) - m_max);
+          mass += w * rec[1];
+          for (int i = 0; i < d; ++i) num[size_t(i)] += w * rec[2 + i];
+        }
+        for (int i = 0; i < d; ++i) est_o_[row * d + i] = float(num[size_t(i)] / mass);
+        est_lse_[row] = float(m_max + std::log(mass));
+      }
+    }
   }
 
   // The steady zone as steady_splits split states instead (as decode attention with keep_partials
@@ -442,8 +488,12 @@ class World {
     p.selection.retrieve_capacity = s_.retrieve_capacity;
     p.selection.retrieve_ids = d_ids_.as<int32_t>();
     p.selection.retrieve_count = d_count_.as<int32_t>();
-    p.selection.estimate_o = d_est_o_.as<float>();
-    p.selection.estimate_lse = d_est_lse_.as<float>();
+    if (estimate_slices > 0) {
+      p.selection.estimate_partials = {d_est_part_.as<float>(), d_est_count_.as<int32_t>(), estimate_slices};
+    } else {
+      p.selection.estimate_o = d_est_o_.as<float>();
+      p.selection.estimate_lse = d_est_lse_.as<float>();
+    }
     p.cache = cache;
     p.group_uids = d_uids_.as<int64_t>();
     p.q = d_q_.get();
@@ -475,6 +525,10 @@ class World {
     upload(d_est_lse_, est_lse_);
     upload(d_steady_o_, steady_o_);
     upload(d_steady_lse_, steady_lse_);
+    if (estimate_slices > 0) {
+      upload(d_est_part_, est_part_);
+      upload(d_est_count_, est_count_);
+    }
     if (steady_splits > 1) {
       upload(d_steady_o_part_, steady_o_part_);
       upload(d_steady_lse_part_, steady_lse_part_);
@@ -597,6 +651,7 @@ class World {
   std::vector<bf16> out;
   std::vector<float> lse;
   int steady_splits = 1;  // > 1: random_zones gives the steady zone as split states
+  int estimate_slices = 0;  // > 0: random_zones gives the estimation zone as that many slices' states
 
  private:
   char* row_ptr(const PinnedMem* pool, int g, int64_t row) const {
@@ -627,6 +682,9 @@ class World {
   std::vector<float> steady_o_part_, steady_lse_part_;  // steady_splits > 1
   std::vector<double> steady_ref_o_;                    // their merge, for the reference
   DeviceMem d_steady_o_part_, d_steady_lse_part_;
+  std::vector<float> est_part_;      // estimate_slices > 0: [groups, slices, G, head_dim + 2]
+  std::vector<int32_t> est_count_;   // [groups]
+  DeviceMem d_est_part_, d_est_count_;
   DeviceMem d_k_pages_, d_v_pages_, d_num_clusters_, d_sizes_, d_begin_, d_k_scale_, d_v_scale_, d_ids_, d_count_,
       d_uids_, d_q_, d_est_o_, d_est_lse_, d_steady_o_, d_steady_lse_, d_out_, d_lse_;
 };
@@ -900,10 +958,11 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"fp8_g1_d128_no_cache", with_fp8(make_shape(2, 2, 1, 128, 32, 40, 24, 100)), false}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
-// The steady zone handed over as the split states of its decode attention (keep_partials) merges like
-// one state: some splits empty, some rows' whole steady zone empty.
-TEST_F(WaveRetrieveGpu, SteadyZoneAsSplitStatesMergesLikeOneState) {
-  RETRO_SEEDED(seed);
+// Zones handed over as partial states merge like one state each: the steady zone as the split
+// states of its decode attention (keep_partials; some splits empty, some rows' whole steady zone
+// empty), the estimation zone as its slices' states (keep_estimate_partials; a group that estimated
+// nothing, groups using one slice up to all of them, the slices past a group's count unread).
+void expect_partial_zones_merge(int steady_splits, int estimate_slices, uint64_t seed) {
   for (const Shape& shape : {make_shape(2, 2, 4, 128, 32, 40, 24, 100), make_shape(3, 2, 5, 64, 32, 40, 30, 64)}) {
     World w(shape, seed);
     for (int g = 0; g < shape.groups(); ++g) {
@@ -911,11 +970,23 @@ TEST_F(WaveRetrieveGpu, SteadyZoneAsSplitStatesMergesLikeOneState) {
       w.select_random(g, g == 1 ? 0 : std::uniform_int_distribution<int>(1, shape.retrieve_capacity)(w.rng()),
                       shape.clusters);
     }
-    w.steady_splits = 3;
+    w.steady_splits = steady_splits;
+    w.estimate_slices = estimate_slices;
     w.random_zones();
     w.run(cuda::WaveCacheView{});
-    w.expect_matches_reference("steady zone in 3 split states, head_dim " + std::to_string(shape.head_dim));
+    w.expect_matches_reference("steady zone in " + std::to_string(steady_splits) + " states, estimation zone in " +
+                               std::to_string(estimate_slices) + " slices, head_dim " + std::to_string(shape.head_dim));
   }
+}
+
+TEST_F(WaveRetrieveGpu, SteadyZoneAsSplitStatesMergesLikeOneState) {
+  RETRO_SEEDED(seed);
+  expect_partial_zones_merge(3, 0, seed);
+}
+
+TEST_F(WaveRetrieveGpu, EstimationZoneAsSlicesMergesLikeOneState) {
+  RETRO_SEEDED(seed);
+  expect_partial_zones_merge(2, 3, seed);
 }
 
 // A tiny cache (3 sets of 2 ways) under selections that force evictions and re-admissions over many
