@@ -5,10 +5,9 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/env.h"
 #include "runtime/core/error.h"
 
 namespace retro::attention::cuda {
@@ -16,10 +15,7 @@ namespace retro::attention::cuda {
 bool prefill_wgmma_available() {
 #ifdef RETRO_CUDA_SM90A
   // RETRO_PREFILL_KERNEL=mma keeps every prefill on the mma.sync kernel.
-  static const bool refused = [] {
-    const char* env = std::getenv("RETRO_PREFILL_KERNEL");
-    return env != nullptr && std::strcmp(env, "mma") == 0;
-  }();
+  static const bool refused = env_is("RETRO_PREFILL_KERNEL", "mma");
   if (refused) return false;
   // One answer per device, asked once (every prefill launch asks).
   static std::array<std::atomic<int8_t>, 64> known{};  // 0 unknown, 1 no, 2 yes
