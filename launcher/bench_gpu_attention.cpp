@@ -107,10 +107,13 @@ void run_dense_decode(const DenseDecodeOptions& o) {
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
   const std::vector<std::string> names = parse_name_list(o.kernels, "--kernel");  // checked by the option
   std::vector<attention::cuda::DecodeKernel> kernels;
-  for (const std::string& name : names)
-    kernels.push_back(name == "async" || (name == "auto" && attention::cuda::decode_attention_async())
-                          ? attention::cuda::DecodeKernel::kAsync
-                          : attention::cuda::DecodeKernel::kRegisters);
+  for (const std::string& name : names) {
+    using attention::cuda::DecodeKernel;
+    const DecodeKernel asked = name == "async"       ? DecodeKernel::kAsync
+                               : name == "registers" ? DecodeKernel::kRegisters
+                                                     : DecodeKernel::kAuto;
+    kernels.push_back(attention::cuda::resolve_decode_kernel(asked));
+  }
   fmt::print("| context | batch | kernel | heads (q/kv) | head_dim | splits | ms/layer | KV GB | GB/s |\n");
   fmt::print("|---|---|---|---|---|---|---|---|---|\n");
   for (int64_t ctx : contexts) {
@@ -181,16 +184,14 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   // The kernels to time, auto resolved to the one it picks on this GPU.
   std::vector<attention::cuda::PrefillKernel> kernels;
   for (const std::string& name : names) {
-    if (name == "wgmma-ws")
-      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaWs);
-    else if (name == "wgmma-tma")
-      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaTma);
-    else if (name == "wgmma-pipelined" || (name == "auto" && attention::cuda::prefill_wgmma_available()))
-      kernels.push_back(attention::cuda::PrefillKernel::kWgmmaPipelined);
-    else if (name == "wgmma")
-      kernels.push_back(attention::cuda::PrefillKernel::kWgmma);
-    else
-      kernels.push_back(attention::cuda::PrefillKernel::kMmaSync);
+    using attention::cuda::PrefillKernel;
+    const PrefillKernel asked = name == "wgmma-ws"          ? PrefillKernel::kWgmmaWs
+                                : name == "wgmma-tma"       ? PrefillKernel::kWgmmaTma
+                                : name == "wgmma-pipelined" ? PrefillKernel::kWgmmaPipelined
+                                : name == "wgmma"           ? PrefillKernel::kWgmma
+                                : name == "mma"             ? PrefillKernel::kMmaSync
+                                                            : PrefillKernel::kAuto;
+    kernels.push_back(attention::cuda::resolve_prefill_kernel(asked));
   }
   fmt::print("| context | kernel | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|---|\n");
   for (int64_t ctx : contexts) {

@@ -2,12 +2,10 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "parallel/watchdog.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/cuda/cuda_check.h"
+#include "runtime/core/env.h"
 #include "runtime/core/error.h"
 
 // NCCL result codes as retro::Error (kComm), with NCCL's description of the last failure.
@@ -77,8 +75,7 @@ constexpr int kWindowSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 void* NcclCommunicator::symmetric_buffer(size_t bytes) {
   // Opt-in: at tp 2 on H200 a 128K batch-12 wave step took 9.91 ms with the window and 9.81 ms
   // without (one all-reduce alone 8.0 against 7.2 us), so plain buffers stay the default.
-  const char* env = std::getenv("RETRO_NCCL_SYMMETRIC");
-  if (env == nullptr || std::strcmp(env, "1") != 0) return nullptr;
+  if (!env_is("RETRO_NCCL_SYMMETRIC", "1")) return nullptr;
   const WindowApi& api = window_api();
   if (!api.complete() || bytes == 0) return nullptr;
   RETRO_CUDA_CHECK(cudaSetDevice(device_));

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <cstdlib>
 #include <cstring>
 
+#include "runtime/core/env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/system_info.h"
@@ -90,8 +90,7 @@ NumaBinding plan_numa_binding(int gpu_node, int numa_nodes, const std::vector<in
 }
 
 NumaBinding bind_to_gpu_numa_node(int device) {
-  const char* env = std::getenv("RETRO_NUMA_BIND");
-  if (env != nullptr && std::string_view(env) == "0") return unchanged(-1, "RETRO_NUMA_BIND=0");
+  if (env_is("RETRO_NUMA_BIND", "0")) return unchanged(-1, "RETRO_NUMA_BIND=0");
   const std::vector<GpuInfo> gpus = query_gpus();
   if (device < 0 || device >= static_cast<int>(gpus.size())) return unchanged(-1, "no such GPU");
   const HostInfo host = query_host();

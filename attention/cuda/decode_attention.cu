@@ -1,12 +1,10 @@
 // Kernel launches of split-KV GQA decode attention (kernels in decode_attention.cuh). Argument
 // checks and planning live in decode_attention.cpp: CUDA translation units stay free of fmt.
 
-#include <cstdlib>
-#include <string_view>
-
 #include "attention/cuda/decode_attention.cuh"
 #include "attention/cuda/decode_attention.h"
 #include "attention/cuda/impl/group_dispatch.h"
+#include "runtime/core/env.h"
 
 namespace retro::attention::cuda {
 
@@ -75,10 +73,9 @@ cudaError_t dispatch_group(const DecodeAttentionParams& p, const DecodeAttention
                            cudaStream_t s) {
   return impl::with_group_size(p.num_q_heads / p.num_kv_heads, cudaErrorInvalidValue,
                                [&](auto g) {
-                                 const bool async = p.kernel == DecodeKernel::kAsync ||
-                                                    (p.kernel == DecodeKernel::kAuto && decode_attention_async());
-                                 return async ? launch<kHeadDim, decltype(g)::value, true>(p, plan, ws, s)
-                                              : launch<kHeadDim, decltype(g)::value, false>(p, plan, ws, s);
+                                 return resolve_decode_kernel(p.kernel) == DecodeKernel::kAsync
+                                            ? launch<kHeadDim, decltype(g)::value, true>(p, plan, ws, s)
+                                            : launch<kHeadDim, decltype(g)::value, false>(p, plan, ws, s);
                                });
 }
 
@@ -91,11 +88,13 @@ int decode_attention_ctas_per_sm(int head_dim, int group_size) {
 bool decode_attention_async() {
   // Registers by default: on H100 (2026-11-28) neither kernel was ahead at every shape, each within
   // about 2% of the other and of SDPA, and the register kernel won at batch 1 to 4 of 32K and 128K.
-  static const bool async = [] {
-    const char* env = std::getenv("RETRO_DECODE_KERNEL");
-    return env != nullptr && std::string_view(env) == "async";
-  }();
+  static const bool async = env_is("RETRO_DECODE_KERNEL", "async");
   return async;
+}
+
+DecodeKernel resolve_decode_kernel(DecodeKernel kernel) {
+  if (kernel != DecodeKernel::kAuto) return kernel;
+  return decode_attention_async() ? DecodeKernel::kAsync : DecodeKernel::kRegisters;
 }
 
 bool decode_attention_group_supported(int group_size) {

@@ -86,6 +86,8 @@ bool decode_attention_group_supported(int group_size);
 // What kAuto takes: the register kernel, or the cp.async kernel with RETRO_DECODE_KERNEL=async. The
 // planner sizes its grid for this kernel.
 bool decode_attention_async();
+// The kernel a launch with `kernel` runs: kAuto resolved, the rest as asked.
+DecodeKernel resolve_decode_kernel(DecodeKernel kernel);
 // Resident CTAs of the kernel for this shape on one SM of the current device.
 int decode_attention_ctas_per_sm(int head_dim, int group_size);
 

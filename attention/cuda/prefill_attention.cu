@@ -120,16 +120,14 @@ cudaError_t launch_ws(const PrefillAttentionParams& p, cudaStream_t stream) {
 
 cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (p.n_q == 0) return cudaSuccess;
-  // Auto takes the pipelined schedule: on H100 it is the fastest of the three at every shape measured
-  // (head_dim 128 at 16K / 64K / 128K tokens: 367 / 369 / 374 TFLOP/s, against 343 / 357 / 358 for
-  // the two-stage schedule and 282 / 303 / 304 for mma.sync; head_dim 64: 271 / 282 / 284).
-  if (p.kernel == PrefillKernel::kWgmmaWs)
+  const PrefillKernel kernel = resolve_prefill_kernel(p.kernel);
+  if (kernel == PrefillKernel::kWgmmaWs)
     return p.head_dim == 128 ? launch_ws<128>(p, stream) : launch_ws<64>(p, stream);
-  if (p.kernel == PrefillKernel::kWgmmaTma)
+  if (kernel == PrefillKernel::kWgmmaTma)
     return p.head_dim == 128 ? launch_wgmma<128, true, true>(p, stream) : launch_wgmma<64, true, true>(p, stream);
-  if (p.kernel == PrefillKernel::kWgmmaPipelined || (p.kernel == PrefillKernel::kAuto && prefill_wgmma_available()))
+  if (kernel == PrefillKernel::kWgmmaPipelined)
     return p.head_dim == 128 ? launch_wgmma<128, true, false>(p, stream) : launch_wgmma<64, true, false>(p, stream);
-  if (p.kernel == PrefillKernel::kWgmma)
+  if (kernel == PrefillKernel::kWgmma)
     return p.head_dim == 128 ? launch_wgmma<128, false, false>(p, stream) : launch_wgmma<64, false, false>(p, stream);
   // Two m16 tiles per warp halve the shared-memory reads per MMA. At head_dim 128 the Q fragments
   // are re-read from shared memory each k-step, which frees the registers for 64-token K/V tiles

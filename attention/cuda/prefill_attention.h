@@ -42,6 +42,9 @@ struct PrefillAttentionParams {
 // compute capability 9.0 and RETRO_PREFILL_KERNEL is not `mma`.
 bool prefill_wgmma_available();
 
+// The kernel a launch with `kernel` runs on the current device: kAuto resolved, the rest as asked.
+PrefillKernel resolve_prefill_kernel(PrefillKernel kernel);
+
 // Checks the arguments and launches (no synchronisation).
 void run_prefill_attention(const PrefillAttentionParams& params, cudaStream_t stream);
 // The bare launch (prefill_attention.cu).

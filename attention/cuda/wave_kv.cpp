@@ -3,14 +3,13 @@
 #include "attention/cuda/wave_kv.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <string_view>
 
 #include "attention/cuda/wave_kv_ops.h"
 #include "attention/kmeans.h"
 #include "attention/wave_growth.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/swap.h"
+#include "runtime/core/env.h"
 #include "runtime/core/error.h"
 
 namespace retro::attention::cuda {
@@ -28,10 +27,7 @@ T* ptr(const Buffer& b) {
 constexpr size_t kHostStagingBytes = size_t(256) << 20;
 
 bool host_store_write_staged() {
-  static const bool staged = [] {
-    const char* env = std::getenv("RETRO_HOST_STORE_WRITE");
-    return env == nullptr || std::string_view(env) != "kernel";
-  }();
+  static const bool staged = !env_is("RETRO_HOST_STORE_WRITE", "kernel");
   return staged;
 }
 

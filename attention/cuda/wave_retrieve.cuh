@@ -609,43 +609,33 @@ __global__ void __launch_bounds__(kHeadDim)
     est_o = p.selection.estimate_o[row * kHeadDim + d];
     est_lse = p.selection.estimate_lse[row];
   }
-  est_lse *= kLog2e;  // -inf stays -inf
-  // The steady zone: one state, or the split states of its decode attention (base-2 LSEs).
+  // Every state in turn, as its base-2 LSE and a reader of its element d (read only when the LSE is
+  // finite): the retrieval splits, the estimation zone, and the steady zone as one state or as the
+  // split states of its decode attention (base-2 LSEs).
   const int steady_splits = p.steady_splits;
-  const float steady_lse = steady_splits > 1 ? -INFINITY : p.steady_lse[row] * kLog2e;
-  const float* steady_lse_part = steady_splits > 1 ? p.steady_lse_part + row * steady_splits : nullptr;
-  float mm = fmaxf(est_lse, steady_lse);
-  for (int s = 0; s < num_splits; ++s) mm = fmaxf(mm, lse_part[int64_t(s) * group_size]);
-  if (steady_splits > 1)
-    for (int s = 0; s < steady_splits; ++s) mm = fmaxf(mm, steady_lse_part[s]);
+  auto each_state = [&](auto&& take) {
+    for (int s = 0; s < num_splits; ++s)
+      take(lse_part[int64_t(s) * group_size], [&] { return o_part[int64_t(s) * group_size * kHeadDim]; });
+    take(est_lse * kLog2e, [&] { return est_o; });
+    if (steady_splits > 1) {
+      for (int s = 0; s < steady_splits; ++s)
+        take(p.steady_lse_part[row * steady_splits + s],
+             [&] { return p.steady_o_part[(row * steady_splits + s) * kHeadDim + d]; });
+    } else {
+      take(p.steady_lse[row] * kLog2e,
+           [&] { return __bfloat162float(static_cast<const __nv_bfloat16*>(p.steady_o)[row * kHeadDim + d]); });
+    }
+  };
+  float mm = -INFINITY;
+  each_state([&](float x, auto) { mm = fmaxf(mm, x); });
   float sum = 0.0f, a = 0.0f;
   if (mm != -INFINITY) {
-    for (int s = 0; s < num_splits; ++s) {
-      const float x = lse_part[int64_t(s) * group_size];
-      if (x == -INFINITY) continue;
+    each_state([&](float x, auto o) {
+      if (x == -INFINITY) return;
       const float w = exp2f(x - mm);
       sum += w;
-      a += w * o_part[int64_t(s) * group_size * kHeadDim];
-    }
-    if (est_lse != -INFINITY) {
-      const float w = exp2f(est_lse - mm);
-      sum += w;
-      a += w * est_o;
-    }
-    if (steady_lse != -INFINITY) {
-      const float w = exp2f(steady_lse - mm);
-      sum += w;
-      a += w * __bfloat162float(static_cast<const __nv_bfloat16*>(p.steady_o)[row * kHeadDim + d]);
-    }
-    if (steady_splits > 1) {
-      for (int s = 0; s < steady_splits; ++s) {
-        const float x = steady_lse_part[s];
-        if (x == -INFINITY) continue;
-        const float w = exp2f(x - mm);
-        sum += w;
-        a += w * p.steady_o_part[(row * steady_splits + s) * kHeadDim + d];
-      }
-    }
+      a += w * o();
+    });
   }
   static_cast<__nv_bfloat16*>(p.out)[row * kHeadDim + d] = __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
   if (p.lse != nullptr && d == 0) p.lse[row] = sum > 0.0f ? (mm + log2f(sum)) * kLn2 : -INFINITY;

@@ -8,9 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
-#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -23,6 +21,7 @@
 #include "runtime/core/allocator.h"
 #include "runtime/core/cuda/cuda_check.h"
 #include "runtime/core/cuda/swap.h"
+#include "runtime/core/env.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/cuda/ops.h"
@@ -598,10 +597,7 @@ struct GpuModel::Impl {
           due.push_back({int(l), b, wave_kv[l]->growth_steps_left(b), sequence[size_t(b)]});
     if (due.empty()) return;
     // RETRO_WAVE_GROWTH=eager: every due segment at once (no spreading).
-    static const bool eager = [] {
-      const char* env = std::getenv("RETRO_WAVE_GROWTH");
-      return env != nullptr && std::string_view(env) == "eager";
-    }();
+    static const bool eager = env_is("RETRO_WAVE_GROWTH", "eager");
     std::vector<attention::DueSegment> picked = eager ? std::move(due) : attention::pick_growth(std::move(due));
     std::sort(picked.begin(), picked.end(), [](const attention::DueSegment& a, const attention::DueSegment& b) {
       return a.layer != b.layer ? a.layer < b.layer : a.slot < b.slot;
