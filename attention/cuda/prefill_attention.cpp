@@ -35,11 +35,13 @@ bool prefill_wgmma_available() {
 }
 
 PrefillKernel resolve_prefill_kernel(PrefillKernel kernel) {
-  // Auto takes the pipelined schedule: on H100 it is the fastest of the three at every shape measured
-  // (head_dim 128 at 16K / 64K / 128K tokens: 367 / 369 / 374 TFLOP/s, against 343 / 357 / 358 for
-  // the two-stage schedule and 282 / 303 / 304 for mma.sync; head_dim 64: 271 / 282 / 284).
+  // Auto takes the warp-specialised kernel: it is the fastest at every shape measured (H200, head_dim
+  // 128 at 16K / 64K / 128K tokens: 663 / 609 / 604 TFLOP/s, against 568 / 553 / 544 for the TMA
+  // pipelined kernel and 356 / 372 / 376 for the cp.async pipelined one; PyTorch SDPA 659 / 607 / 568 in
+  // the same call; head_dim 64: 452 / 456 / 457). Where TMA cannot describe the K/V (a base or stride
+  // not a multiple of 16 bytes) the launch falls back to the cp.async pipelined kernel.
   if (kernel != PrefillKernel::kAuto) return kernel;
-  return prefill_wgmma_available() ? PrefillKernel::kWgmmaPipelined : PrefillKernel::kMmaSync;
+  return prefill_wgmma_available() ? PrefillKernel::kWgmmaWs : PrefillKernel::kMmaSync;
 }
 
 void run_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {

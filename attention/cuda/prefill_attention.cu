@@ -121,8 +121,12 @@ cudaError_t launch_ws(const PrefillAttentionParams& p, cudaStream_t stream) {
 cudaError_t launch_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (p.n_q == 0) return cudaSuccess;
   const PrefillKernel kernel = resolve_prefill_kernel(p.kernel);
-  if (kernel == PrefillKernel::kWgmmaWs)
-    return p.head_dim == 128 ? launch_ws<128>(p, stream) : launch_ws<64>(p, stream);
+  if (kernel == PrefillKernel::kWgmmaWs) {
+    const cudaError_t st = p.head_dim == 128 ? launch_ws<128>(p, stream) : launch_ws<64>(p, stream);
+    // Auto falls back to the cp.async kernel where TMA cannot describe the K/V; an explicit ask fails.
+    if (st != cudaErrorNotSupported || p.kernel != PrefillKernel::kAuto) return st;
+    return p.head_dim == 128 ? launch_wgmma<128, true, false>(p, stream) : launch_wgmma<64, true, false>(p, stream);
+  }
   if (kernel == PrefillKernel::kWgmmaTma)
     return p.head_dim == 128 ? launch_wgmma<128, true, true>(p, stream) : launch_wgmma<64, true, true>(p, stream);
   if (kernel == PrefillKernel::kWgmmaPipelined)

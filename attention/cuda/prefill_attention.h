@@ -12,7 +12,7 @@
 namespace retro::attention::cuda {
 
 enum class PrefillKernel {
-  kAuto,            // pipelined wgmma where available, else mma.sync
+  kAuto,            // warp-specialised wgmma where available (else mma.sync)
   kMmaSync,         // FlashAttention-2 on mma.sync (any sm_80+ GPU)
   kWgmma,           // Hopper warpgroup MMA; an error where unavailable
   kWgmmaPipelined,  // the same with each tile's softmax beside the previous tile's P V (three stages)
