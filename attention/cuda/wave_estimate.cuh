@@ -18,10 +18,13 @@ __device__ __forceinline__ void merge_estimate_slices(const WaveEstimatePartials
   const int n_slices = min((e.count[g] + kWaveEstimateTile - 1) / kWaveEstimateTile, e.slices);
   const float* rec = e.partials + (g * e.slices * G + r) * (kHeadDim + 2);
   const int64_t slice_stride = int64_t(G) * (kHeadDim + 2);
+  // Unrolled so the loads of several slices are in flight at once.
   float m = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < n_slices; ++s) m = fmaxf(m, rec[s * slice_stride]);
   float mass = 0.0f, num = 0.0f;
   if (m != -INFINITY) {
+#pragma unroll 8
     for (int s = 0; s < n_slices; ++s) {
       const float* x = rec + s * slice_stride;
       const float w = expf(x[0] - m);

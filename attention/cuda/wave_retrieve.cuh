@@ -590,7 +590,7 @@ __global__ void __launch_bounds__(kRetrieveWarps * 32, kGroup <= 4 ? 3 : 1)
 // Merge of the zones, one CTA of head_dim threads per (group, query head) row = b * num_q_heads + head:
 // the retrieval partials of the group's CTAs, the estimation zone (one state or its slices' partial
 // states) and the steady zone (one state or its decode attention's split states). A state with
-// lse -inf is skipped, so its o is never read into the sum (it may hold anything).
+// lse -inf adds nothing: its o is read but never enters the sum (it may hold anything).
 template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim)
     merge_zones_kernel(const WaveRetrieveParams p, const RetrieveWorkspace ws, int num_splits) {
@@ -613,7 +613,11 @@ __global__ void __launch_bounds__(kHeadDim)
   // finite): the retrieval splits, the estimation zone, and the steady zone as one state or as the
   // split states of its decode attention (base-2 LSEs).
   const int steady_splits = p.steady_splits;
+  // The retrieval splits are unrolled and the second pass reads every o whatever its LSE (selected
+  // away, never multiplied, when the LSE is -inf): the loads of several states are in flight at once
+  // instead of one global-memory latency per state.
   auto each_state = [&](auto&& take) {
+#pragma unroll 8
     for (int s = 0; s < num_splits; ++s)
       take(lse_part[int64_t(s) * group_size], [&] { return o_part[int64_t(s) * group_size * kHeadDim]; });
     take(est_lse * kLog2e, [&] { return est_o; });
@@ -631,10 +635,11 @@ __global__ void __launch_bounds__(kHeadDim)
   float sum = 0.0f, a = 0.0f;
   if (mm != -INFINITY) {
     each_state([&](float x, auto o) {
-      if (x == -INFINITY) return;
-      const float w = exp2f(x - mm);
+      const float v = o();
+      const bool live = x != -INFINITY;
+      const float w = live ? exp2f(x - mm) : 0.0f;
       sum += w;
-      a += w * o();
+      a += live ? w * v : 0.0f;
     });
   }
   static_cast<__nv_bfloat16*>(p.out)[row * kHeadDim + d] = __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
