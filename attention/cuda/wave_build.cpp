@@ -71,7 +71,6 @@ WaveBuildPlan plan_wave_build(const WaveBuildShape& shape) {
   const size_t items = size_t(groups) * n, clusters = size_t(groups) * c;
   p.mean_partial_offset = take(size_t(groups) * p.mean_chunks * d * sizeof(double));
   p.centroids_offset = take(clusters * d * 2);
-  p.centroid_residuals_offset = take(clusters * d * 2);
   p.keys_offset = take(items * sizeof(uint32_t));
   p.sorted_keys_offset = take(items * sizeof(uint32_t));
   p.tokens_offset = take(items * sizeof(int32_t));

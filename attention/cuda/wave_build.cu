@@ -19,29 +19,21 @@ namespace {
 
 unsigned blocks_for(int64_t items, int64_t per_block) { return static_cast<unsigned>((items + per_block - 1) / per_block); }
 
-template <int kHeadDim, bool kSplit>
-cudaError_t assign_scores(const WaveAssignParams& p, cudaStream_t stream) {
+template <int kHeadDim>
+cudaError_t assign(const WaveAssignParams& p, cudaStream_t stream) {
   using namespace kernels;
-  constexpr int smem = AssignTile<kHeadDim, kSplit>::kSmemBytes;
-  auto kernel = wave_assign_kernel<kHeadDim, kSplit>;
+  constexpr int smem = AssignTile::kSmemBytes<kHeadDim>;
+  auto kernel = wave_assign_kernel<kHeadDim>;
   WAVE_BUILD_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t num_segments = (p.n + p.segment_tokens - 1) / p.segment_tokens;
   const int64_t seg_rows = p.segment_tokens < p.n ? p.segment_tokens : p.n;
   const int tiles_per_segment = static_cast<int>((seg_rows + kWaveAssignRows - 1) / kWaveAssignRows);
   dim3 grid(static_cast<unsigned>(num_segments * tiles_per_segment), static_cast<unsigned>(p.num_groups));
-  kernel<<<grid, kBuildThreads, smem, stream>>>(
-      static_cast<const __nv_bfloat16*>(p.x), p.stride_group, p.stride_token, p.mean_key,
-      static_cast<const __nv_bfloat16*>(p.centroids), static_cast<const __nv_bfloat16*>(p.centroid_residuals), p.n,
-      p.segment_tokens, p.clusters_per_segment, p.num_centroids, tiles_per_segment, p.within_segment ? 1 : 0, p.keys,
-      p.counts);
+  kernel<<<grid, kBuildThreads, smem, stream>>>(static_cast<const __nv_bfloat16*>(p.x), p.stride_group, p.stride_token,
+                                                p.mean_key, static_cast<const __half*>(p.centroids), p.n,
+                                                p.segment_tokens, p.clusters_per_segment, p.num_centroids,
+                                                tiles_per_segment, p.within_segment ? 1 : 0, p.keys, p.counts);
   return cudaGetLastError();
-}
-
-// Split scores with the centroids' residuals, plain bf16 scores without.
-template <int kHeadDim>
-cudaError_t assign(const WaveAssignParams& p, cudaStream_t stream) {
-  return p.centroid_residuals != nullptr ? assign_scores<kHeadDim, true>(p, stream)
-                                         : assign_scores<kHeadDim, false>(p, stream);
 }
 
 // temp == null: writes the scratch size CUB needs into temp_bytes (hence the reference).
@@ -69,8 +61,7 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
   const auto* k = static_cast<const __nv_bfloat16*>(in.k);
   const auto* v = static_cast<const __nv_bfloat16*>(in.v);
   double* mean_partial = carve<double>(ws, plan.mean_partial_offset);
-  __nv_bfloat16* centroids = carve<__nv_bfloat16>(ws, plan.centroids_offset);
-  __nv_bfloat16* residuals = carve<__nv_bfloat16>(ws, plan.centroid_residuals_offset);
+  __half* centroids = carve<__half>(ws, plan.centroids_offset);
   uint32_t* keys = carve<uint32_t>(ws, plan.keys_offset);
   uint32_t* sorted_keys = carve<uint32_t>(ws, plan.sorted_keys_offset);
   int32_t* tokens = carve<int32_t>(ws, plan.tokens_offset);
@@ -90,7 +81,7 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
   const dim3 per_cluster(blocks_for(num_clusters, kBuildWarps), groups);
   init_centroids_kernel<kHeadDim><<<per_cluster, kBuildThreads, 0, stream>>>(
       k, in.stride_group, in.stride_token, out.mean_key, n, shape.segment_tokens, plan.clusters_per_segment,
-      num_clusters, centroids, residuals);
+      num_clusters, centroids);
   WAVE_BUILD_TRY(cudaGetLastError());
   token_index_kernel<<<dim3(blocks_for(n, 256), groups), 256, 0, stream>>>(n, tokens);
   WAVE_BUILD_TRY(cudaGetLastError());
@@ -112,11 +103,9 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
   const dim3 per_chunk(blocks_for(plan.sum_chunks, kBuildWarps), groups);
 
   for (int pass = 0; pass < shape.iterations; ++pass) {
-    // Passes 0 .. iterations-2 stay inside their segment and score head + residual (near-ties there
-    // steer the next centroids); the last one sees every centroid, bf16 heads only.
+    // Passes 0 .. iterations-2 stay inside their segment; the last one sees every centroid.
     const bool last = pass + 1 == shape.iterations;
     ap.within_segment = !last;
-    ap.centroid_residuals = last ? nullptr : residuals;
     WAVE_BUILD_TRY(cudaMemsetAsync(counts, 0, size_t(groups) * num_clusters * sizeof(int32_t), stream));
     WAVE_BUILD_TRY(assign<kHeadDim>(ap, stream));
     // Stable: equal keys keep token order, so each cluster's tokens come out ascending. The last
@@ -135,8 +124,8 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
           key_partial, nullptr);
       WAVE_BUILD_TRY(cudaGetLastError());
       finalize_kernel<kHeadDim, false><<<per_cluster, kBuildThreads, 0, stream>>>(
-          counts, begins, key_partial, nullptr, num_clusters, plan.sum_chunks, out.mean_key, centroids, residuals,
-          nullptr, nullptr, 0);
+          counts, begins, key_partial, nullptr, num_clusters, plan.sum_chunks, out.mean_key, centroids, nullptr,
+          nullptr, 0);
       WAVE_BUILD_TRY(cudaGetLastError());
     } else {
       member_partial_kernel<kHeadDim, true><<<per_chunk, kBuildThreads, 0, stream>>>(
@@ -144,7 +133,7 @@ cudaError_t build(const WaveBuildInputs& in, const WaveBuildOutputs& out, const 
           key_partial, value_partial);
       WAVE_BUILD_TRY(cudaGetLastError());
       finalize_kernel<kHeadDim, true><<<per_cluster, kBuildThreads, 0, stream>>>(
-          counts, begins, key_partial, value_partial, num_clusters, plan.sum_chunks, out.mean_key, nullptr, nullptr,
+          counts, begins, key_partial, value_partial, num_clusters, plan.sum_chunks, out.mean_key, nullptr,
           static_cast<__nv_bfloat16*>(out.centroids), out.value_sums, out.cluster_capacity);
       WAVE_BUILD_TRY(cudaGetLastError());
     }

@@ -13,6 +13,7 @@
 // cluster costs one row read per kSumRows members, not one warp walking all of them.
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 #include <cub/block/block_scan.cuh>
@@ -52,17 +53,27 @@ __device__ __forceinline__ void store_bf16_slice(__nv_bfloat16* p, const float* 
   }
 }
 
-// Stores f as its bf16 head at hi and, where lo is set, the bf16 residual f - head at lo (head +
-// residual: about 16 mantissa bits).
+__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
 template <int kV>
-__device__ __forceinline__ void store_bf16_split_slice(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* f) {
-  store_bf16_slice<kV>(hi, f);
-  if (lo != nullptr) {
-    float r[kV];
-#pragma unroll
-    for (int e = 0; e < kV; ++e) r[e] = f[e] - __bfloat162float(__float2bfloat16_rn(f[e]));
-    store_bf16_slice<kV>(lo, r);
+__device__ __forceinline__ void store_f16_slice(__half* p, const float* f) {
+  if constexpr (kV == 4) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack_f16(f[0], f[1]), pack_f16(f[2], f[3]));
+  } else {
+    *reinterpret_cast<uint32_t*>(p) = pack_f16(f[0], f[1]);
   }
+}
+
+// c += a.b on tensor cores, fp16 operands (m16n8k16, fp32 accumulators).
+__device__ __forceinline__ void mma_16816_f16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 template <int kV>
@@ -140,15 +151,14 @@ __global__ void mean_finalize_kernel(const double* __restrict__ partial, int64_t
 
 // ---- initialisation ----
 
-// centroids [groups, C, head_dim] bf16: cluster c (local index i of segment s with M clusters and
+// centroids [groups, C, head_dim] fp16: cluster c (local index i of segment s with M clusters and
 // n_s tokens) starts as the L2-normalised centred key of token floor((2i + 1) * n_s / (2M)) of its
-// segment; residuals (same shape, may be null) get what the bf16 rounding left. One warp per cluster.
+// segment. One warp per cluster.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kBuildThreads)
     init_centroids_kernel(const __nv_bfloat16* __restrict__ k, int64_t stride_group, int64_t stride_token,
                           const float* __restrict__ mean_key, int64_t n, int64_t segment_tokens,
-                          int64_t clusters_per_segment, int64_t num_clusters, __nv_bfloat16* __restrict__ centroids,
-                          __nv_bfloat16* __restrict__ residuals) {
+                          int64_t clusters_per_segment, int64_t num_clusters, __half* __restrict__ centroids) {
   constexpr int kV = kHeadDim / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = blockIdx.y;
@@ -176,7 +186,7 @@ __global__ void __launch_bounds__(kBuildThreads)
     for (int e = 0; e < kV; ++e) x[e] *= inv;
   }
   const int64_t at = (int64_t(g) * num_clusters + c) * kHeadDim + lane * kV;
-  store_bf16_split_slice<kV>(centroids + at, residuals != nullptr ? residuals + at : nullptr, x);
+  store_f16_slice<kV>(centroids + at, x);
 }
 
 // tokens [groups, n] i32 = t: the values the radix sort carries along with the cluster keys.
@@ -187,19 +197,16 @@ __global__ void token_index_kernel(int64_t n, int32_t* __restrict__ tokens) {
 
 // ---- assignment: scores on tensor cores, running argmax ----
 
-// kSplit: every operand is a bf16 head plus a bf16 residual, each tile stored twice (head, residual).
-template <int kHeadDim, bool kSplit>
 struct AssignTile {
   static constexpr int kRows = kWaveAssignRows;  // tokens per CTA: 4 warps along M x 32 rows
   static constexpr int kCols = kWaveAssignCols;  // centroids per tile: 2 warps along N x 64
-  static constexpr int kParts = kSplit ? 2 : 1;
-  static constexpr int kSmemBytes = kParts * (kRows + 2 * kCols) * kHeadDim * 2;  // X + 2 centroid stages
+  template <int kHeadDim>
+  static constexpr int kSmemBytes = (kRows + 2 * kCols) * kHeadDim * 2;  // X + 2 centroid stages
 };
 
 // Loads centroids [c0, c0 + kCols) (those at or past c_hi zero-filled) into a swizzled tile.
 template <int kHeadDim>
-__device__ __forceinline__ void load_centroid_tile(uint32_t tile, const __nv_bfloat16* centroids, int64_t c0,
-                                                   int64_t c_hi) {
+__device__ __forceinline__ void load_centroid_tile(uint32_t tile, const __half* centroids, int64_t c0, int64_t c_hi) {
   constexpr int kChunks = kHeadDim / 8;
   for (int i = threadIdx.x; i < kWaveAssignCols * kChunks; i += kBuildThreads) {
     const int r = i / kChunks, c = i % kChunks;
@@ -211,29 +218,30 @@ __device__ __forceinline__ void load_centroid_tile(uint32_t tile, const __nv_bfl
 
 // One CTA: kRows tokens of one segment of group blockIdx.y (blockIdx.x = segment * tiles_per_segment
 // + tile) against centroids [c_lo, c_hi): those of the segment (within_segment) or all of the group.
-// The centred X tile is built once in shared memory and held in registers as A fragments; centroid
-// tiles stream through two cp.async stages. kSplit: the centred keys are split into bf16 head and
-// residual (the residual tile stays in shared memory, read per k-step) and the centroids come with
-// their residuals; scores = x_hi.c_hi + x_lo.c_hi + x_hi.c_lo in fp32. Each thread keeps, for its 4
-// rows, the best score and centroid over the columns it sees in increasing order (strict >: ties
-// keep the lower index); quads and the two column warps then combine with ties to the lower index,
-// as the CPU's argmax does.
+// The X tile is built once in shared memory and held in registers as A fragments: each key centred
+// in fp32 and scaled to unit length (the argmax over centroids does not change under a positive
+// scale, and unit rows fit fp16's range whatever the keys' magnitude), then rounded to fp16, whose
+// 11-bit significand keeps near-ties apart far better than bf16's 8 at the same mma rate. Centroid
+// tiles (fp16 unit vectors) stream through two cp.async stages. Each thread keeps, for its 4 rows,
+// the best score and centroid over the columns it sees in increasing order (strict >: ties keep the
+// lower index); quads and the two column warps then combine with ties to the lower index, as the
+// CPU's argmax does.
 // keys [groups, n] u32 = g * C + best; counts [groups, C] += 1.
-template <int kHeadDim, bool kSplit>
+template <int kHeadDim>
 __global__ void __launch_bounds__(kBuildThreads, 1)
     wave_assign_kernel(const __nv_bfloat16* __restrict__ x, int64_t stride_group, int64_t stride_token,
-                       const float* __restrict__ mean_key, const __nv_bfloat16* __restrict__ centroids,
-                       const __nv_bfloat16* __restrict__ residuals, int64_t n, int64_t segment_tokens,
-                       int64_t clusters_per_segment, int64_t num_centroids, int tiles_per_segment,
-                       int within_segment, uint32_t* __restrict__ keys, int32_t* __restrict__ counts) {
-  using Tile = AssignTile<kHeadDim, kSplit>;
-  constexpr int kRows = Tile::kRows, kCols = Tile::kCols, kParts = Tile::kParts;
+                       const float* __restrict__ mean_key, const __half* __restrict__ centroids, int64_t n,
+                       int64_t segment_tokens, int64_t clusters_per_segment, int64_t num_centroids,
+                       int tiles_per_segment, int within_segment, uint32_t* __restrict__ keys,
+                       int32_t* __restrict__ counts) {
+  constexpr int kRows = AssignTile::kRows, kCols = AssignTile::kCols;
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kMTiles = 2;  // m16 tiles per warp (32 rows)
   constexpr int kNTiles = 8;  // n8 tiles per warp (64 centroids)
   constexpr uint32_t kTileBytes = kCols * kHeadDim * 2;
   static_assert(kRows == 4 * kMTiles * 16 && kCols == 2 * kNTiles * 8 && kBuildWarps == 8, "warp layout 4 x 2");
+  static_assert(32 % kChunks == 0, "a row's chunks lie in consecutive lanes of one warp");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float s_mean[kHeadDim];
   __shared__ float s_best[2][kRows];
@@ -250,53 +258,50 @@ __global__ void __launch_bounds__(kBuildThreads, 1)
   const int64_t c_hi = within_segment ? min(num_centroids, c_lo + clusters_per_segment) : num_centroids;
   const int num_tiles = static_cast<int>((c_hi - c_lo + kCols - 1) / kCols);
 
-  // Shared memory: X head [, X residual], then per stage: centroid heads [, centroid residuals].
+  // Shared memory: X, then the two centroid stages.
   const uint32_t sx = smem_u32(smem);
-  const uint32_t sxl = sx + kRows * kHeadDim * 2;
-  const uint32_t sc0 = sx + kParts * kRows * kHeadDim * 2;
-  auto sc = [&](int stage) { return sc0 + uint32_t(stage) * kParts * kTileBytes; };
-  auto scl = [&](int stage) { return sc(stage) + kTileBytes; };
-  const __nv_bfloat16* cg = centroids + int64_t(g) * num_centroids * kHeadDim;
-  const __nv_bfloat16* cgl = kSplit ? residuals + int64_t(g) * num_centroids * kHeadDim : nullptr;
-  auto load_stage = [&](int stage, int64_t c0) {
-    load_centroid_tile<kHeadDim>(sc(stage), cg, c0, c_hi);
-    if constexpr (kSplit) load_centroid_tile<kHeadDim>(scl(stage), cgl, c0, c_hi);
-  };
+  const uint32_t sc0 = sx + kRows * kHeadDim * 2;
+  auto sc = [&](int stage) { return sc0 + uint32_t(stage) * kTileBytes; };
+  const __half* cg = centroids + int64_t(g) * num_centroids * kHeadDim;
 
-  load_stage(0, c_lo);
+  load_centroid_tile<kHeadDim>(sc(0), cg, c_lo, c_hi);
   cp_async_commit();
   for (int i = threadIdx.x; i < kHeadDim; i += kBuildThreads)
     s_mean[i] = mean_key != nullptr ? mean_key[int64_t(g) * kHeadDim + i] : 0.0f;
   __syncthreads();
 
-  // X tile: rows of this segment only (the rest zero), centred in fp32, rounded to bf16 (kSplit:
-  // and the residual of that rounding, rounded to bf16, in the second tile).
+  // X tile: rows of this segment only (the rest zero), centred and scaled to unit length in fp32,
+  // rounded to fp16. The kChunks threads of a row are consecutive lanes (the trip count is uniform),
+  // so the row's squared norm is a shuffle sum over them.
   const __nv_bfloat16* xg = x + int64_t(g) * stride_group;
+  static_assert((kRows * kChunks) % kBuildThreads == 0, "uniform trip count for the shuffles");
   for (int i = threadIdx.x; i < kRows * kChunks; i += kBuildThreads) {
     const int r = i / kChunks, c = i % kChunks;
     const int64_t row = row0 + r;
-    uint4 packed = make_uint4(0u, 0u, 0u, 0u), packed_lo = make_uint4(0u, 0u, 0u, 0u);
+    float v[8];
+    float sq = 0.0f;
     if (row < seg_end) {
       const uint4 raw = *reinterpret_cast<const uint4*>(xg + row * stride_token + c * 8);
       const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      uint32_t w[4], wl[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const float2 f = __bfloat1622float2(h[q]);
-        const float v0 = f.x - s_mean[c * 8 + 2 * q], v1 = f.y - s_mean[c * 8 + 2 * q + 1];
-        w[q] = pack_bf16(v0, v1);
-        if constexpr (kSplit) {
-          const float2 head = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[q]));
-          wl[q] = pack_bf16(v0 - head.x, v1 - head.y);
-        }
+        v[2 * q] = f.x - s_mean[c * 8 + 2 * q];
+        v[2 * q + 1] = f.y - s_mean[c * 8 + 2 * q + 1];
       }
-      packed = make_uint4(w[0], w[1], w[2], w[3]);
-      if constexpr (kSplit) packed_lo = make_uint4(wl[0], wl[1], wl[2], wl[3]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = 0.0f;
     }
-    *reinterpret_cast<uint4*>(smem + swizzled<kChunks>(r, c)) = packed;
-    if constexpr (kSplit) {
-      *reinterpret_cast<uint4*>(smem + kRows * kHeadDim * 2 + swizzled<kChunks>(r, c)) = packed_lo;  // at sxl
-    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sq = fmaf(v[e], v[e], sq);
+#pragma unroll
+    for (int off = 1; off < kChunks; off <<= 1) sq += __shfl_xor_sync(kFullMask, sq, off);
+    const float inv = sq > 0.0f ? 1.0f / sqrtf(sq) : 0.0f;  // correctly rounded: the CPU twin repeats it
+    uint32_t w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) w[q] = pack_f16(v[2 * q] * inv, v[2 * q + 1] * inv);
+    *reinterpret_cast<uint4*>(smem + swizzled<kChunks>(r, c)) = make_uint4(w[0], w[1], w[2], w[3]);
   }
   __syncthreads();
 
@@ -324,7 +329,7 @@ __global__ void __launch_bounds__(kBuildThreads, 1)
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile & 1;
-    if (tile + 1 < num_tiles) load_stage(stage ^ 1, c_lo + int64_t(tile + 1) * kCols);
+    if (tile + 1 < num_tiles) load_centroid_tile<kHeadDim>(sc(stage ^ 1), cg, c_lo + int64_t(tile + 1) * kCols, c_hi);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -335,34 +340,15 @@ __global__ void __launch_bounds__(kBuildThreads, 1)
       for (int j = 0; j < kNTiles; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
-      uint32_t al[kMTiles][4];  // kSplit: the X residual's A fragments of this k-step
-      if constexpr (kSplit) {
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          const int r = wm * 32 + mt * 16 + (lane % 16), c = ks * 2 + lane / 16;
-          ldmatrix_x4(sxl + swizzled<kChunks>(r, c), al[mt][0], al[mt][1], al[mt][2], al[mt][3]);
-        }
-      }
 #pragma unroll
       for (int j = 0; j < kNTiles; j += 2) {
         const int r = wn * 64 + j * 8 + (lane / 16) * 8 + lane % 8, c = ks * 2 + (lane / 8) % 2;
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4(sc(stage) + swizzled<kChunks>(r, c), b0, b1, b2, b3);
-        if constexpr (kSplit) {  // the small terms: x_lo.c_hi + x_hi.c_lo
-          uint32_t l0, l1, l2, l3;
-          ldmatrix_x4(scl(stage) + swizzled<kChunks>(r, c), l0, l1, l2, l3);
-#pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt) {
-            mma_16816(s[mt][j], al[mt], b0, b1);
-            mma_16816(s[mt][j], a[mt][ks], l0, l1);
-            mma_16816(s[mt][j + 1], al[mt], b2, b3);
-            mma_16816(s[mt][j + 1], a[mt][ks], l2, l3);
-          }
-        }
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          mma_16816(s[mt][j], a[mt][ks], b0, b1);
-          mma_16816(s[mt][j + 1], a[mt][ks], b2, b3);
+          mma_16816_f16(s[mt][j], a[mt][ks], b0, b1);
+          mma_16816_f16(s[mt][j + 1], a[mt][ks], b2, b3);
         }
       }
     }
@@ -525,17 +511,15 @@ __global__ void __launch_bounds__(kBuildThreads)
 }
 
 // Per cluster (one warp each, cluster blockIdx.x * kBuildWarps + warp of group blockIdx.y): adds the
-// cluster's partial slots in order. kFinal = false: centroids [groups, C, head_dim] bf16 = the
-// L2-normalised sum and residuals (same shape) what its bf16 rounding left, both kept as they were
-// when the cluster is empty or its sum is zero. kFinal = true: out_centroids = sum / size + mean key
+// cluster's partial slots in order. kFinal = false: centroids [groups, C, head_dim] fp16 = the
+// L2-normalised sum, kept as it was when the cluster is empty or its sum is zero. kFinal = true: out_centroids = sum / size + mean key
 // (the mean key alone when empty), out_value_sums = value sum, both [groups, capacity, head_dim].
 template <int kHeadDim, bool kFinal>
 __global__ void __launch_bounds__(kBuildThreads)
     finalize_kernel(const int32_t* __restrict__ counts, const int64_t* __restrict__ begins,
                     const float* __restrict__ key_partial, const float* __restrict__ value_partial,
                     int64_t num_clusters, int64_t chunks, const float* __restrict__ mean_key,
-                    __nv_bfloat16* __restrict__ centroids, __nv_bfloat16* __restrict__ residuals,
-                    __nv_bfloat16* __restrict__ out_centroids, float* __restrict__ out_value_sums,
+                    __half* __restrict__ centroids, __nv_bfloat16* __restrict__ out_centroids, float* __restrict__ out_value_sums,
                     int64_t capacity) {
   constexpr int kV = kHeadDim / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -571,7 +555,7 @@ __global__ void __launch_bounds__(kBuildThreads)
 #pragma unroll
       for (int e = 0; e < kV; ++e) sum[e] = sum[e] / norm;
       const int64_t at = (int64_t(g) * num_clusters + c) * kHeadDim + lane * kV;
-      store_bf16_split_slice<kV>(centroids + at, residuals != nullptr ? residuals + at : nullptr, sum);
+      store_f16_slice<kV>(centroids + at, sum);
     }
   } else {
     float mu[kV];

@@ -12,15 +12,13 @@
 // un-normalised member means with the mean key added back. An empty cluster stores the mean key
 // itself (centred mean 0 plus the mean, as WaveIndex::build stores it), value sum 0, size 0.
 //
-// Inner products run on tensor cores (mma.sync, bf16 inputs, fp32 accumulate). In the in-segment
-// iterations both operands are split into a bf16 head and a bf16 residual (x = x_hi + x_lo, c = c_hi
-// + c_lo; score = x_hi.c_hi + x_hi.c_lo + x_lo.c_hi, about 16 mantissa bits), so the iterations
-// follow the fp32 twin: with plain bf16 scores (about 1e-3 relative) a near-tie of the first
-// assignment (two centroids initialised on one direction, say) flips, the next centroid updates
-// amplify the flip and k-means settles in another local optimum, up to 1.7x the twin's loss on the
-// test's data. The last pass decides each token alone (no update follows), so it scores bf16 x bf16
-// with the centroids' heads: a token whose best two centroids score within about 1e-3 relative may
-// pick the other one, a negligible loss change (the GPU test bounds it by 1% of the twin's).
+// Inner products run on tensor cores (mma.sync, fp16 inputs, fp32 accumulate): each centred key is
+// scaled to unit length (the argmax over centroids does not change) and rounded to fp16, against the
+// fp16 unit centroids, so the scores carry about 11 significand bits at bf16's mma rate. Plain bf16
+// scores (about 1e-3 relative) were not enough: a near-tie of the first assignment (two centroids
+// initialised on one direction, say) flipped, the next centroid updates amplified the flip and
+// k-means settled in another local optimum, up to 1.7x the twin's loss on the test's data; the GPU
+// test bounds the loss by 1% of the twin's.
 // Member sums are fp32 in a fixed order, so a build is deterministic run to run.
 //
 // How it runs: a fused kernel scores a tile of 128 tokens against tiles of 128 centroids and keeps
@@ -70,8 +68,7 @@ struct WaveBuildPlan {
   int key_bits = 0;                  // radix-sort bits of the (group, cluster) key
   size_t sort_temp_bytes = 0;
   size_t mean_partial_offset = 0;    // [groups, mean_chunks, head_dim] fp64
-  size_t centroids_offset = 0;       // [groups, C, head_dim] bf16, normalised centroids of the iterations
-  size_t centroid_residuals_offset = 0;  // [groups, C, head_dim] bf16, their residuals (centroid - head)
+  size_t centroids_offset = 0;       // [groups, C, head_dim] fp16, normalised centroids of the iterations
   size_t keys_offset = 0;            // [groups, n] u32 group * C + cluster of each token
   size_t sorted_keys_offset = 0;     // [groups, n] u32
   size_t tokens_offset = 0;          // [groups, n] i32 token index (the sort's values)
@@ -136,16 +133,14 @@ cudaError_t scatter_clustered_kv(const WaveBuildInputs& inputs, const int32_t* o
 // centred (x - mean_key in fp32), goes to the centroid of maximum inner product (ties to the lower
 // index) among those of its segment (within_segment: centroids [s * clusters_per_segment,
 // min(C, (s + 1) * clusters_per_segment)) for segment s = t / segment_tokens) or among all C.
-// Without centroid_residuals the centred key is rounded to bf16 and scored against the bf16
-// centroids; with them the centred key is split into a bf16 head and residual too and the score is
-// x_hi.c + x_hi.c_lo + x_lo.c (the residuals' product dropped): close to fp32, three times the mma work.
+// The centred key is scaled to unit length (the argmax does not change) and rounded to fp16, and
+// scored against the fp16 centroids on tensor cores with fp32 accumulation.
 struct WaveAssignParams {
   const void* x = nullptr;  // token t of group g at x + g * stride_group + t * stride_token, bf16
   int64_t stride_group = 0;
   int64_t stride_token = 0;
   const float* mean_key = nullptr;   // [groups, head_dim] fp32, null = no centring
-  const void* centroids = nullptr;   // [groups, C, head_dim] bf16, contiguous
-  const void* centroid_residuals = nullptr;  // [groups, C, head_dim] bf16 (centroid - head), null = bf16 scores
+  const void* centroids = nullptr;   // [groups, C, head_dim] fp16, contiguous
   int num_groups = 0;
   int64_t n = 0;
   int head_dim = 0;                  // 64 or 128

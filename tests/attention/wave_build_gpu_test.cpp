@@ -504,10 +504,11 @@ class WaveAssignGpu : public testing::TestWithParam<AssignCase> {
 };
 
 // Every token goes to a centroid of maximum inner product (exact in fp64 on the kernel's inputs, up
-// to fp32 accumulation), and among bitwise-equal centroids to the lowest index: duplicates are
-// planted across the two column warps, across centroid tiles and across segments. Bf16 scores: the
-// centred key rounded to bf16 against the bf16 centroids. Split scores: the fp32 centred key against
-// centroid + residual (the fp32 unit vectors), within 1e-6 of sum |x|.
+// to fp32 accumulation, within 1e-6 of sum |x|), and among bitwise-equal centroids to the lowest
+// index: duplicates are planted across the two column warps, across centroid tiles and across
+// segments. The kernel's inputs: the centred key scaled to unit length in fp32 (its squared norm
+// summed in the kernel's order, so the scale is bitwise the kernel's) and rounded to fp16, against
+// the fp16 centroids.
 TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
   const AssignCase c = GetParam();
   const uint32_t seed = std::random_device{}();
@@ -522,8 +523,8 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
   auto lo_of = [&](int64_t s) { return s * per; };
   auto hi_of = [&](int64_t s) { return std::min(C, (s + 1) * per); };
 
-  std::vector<bf16> cent(size_t(G) * C * d), resid(size_t(G) * C * d);
-  std::vector<float> centf(cent.size()), centsplit(cent.size());
+  std::vector<fp16> cent(size_t(G) * C * d);
+  std::vector<float> centf(cent.size());
   std::vector<float> mean(size_t(G) * d);
   KvSet kv;
   kv.groups = G;
@@ -532,20 +533,18 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
   kv.token_major = c.token_major;
   kv.k.resize(size_t(G) * n * d);
   for (int g = 0; g < G; ++g) {
-    bf16* cg = cent.data() + size_t(g) * C * d;
-    bf16* rg = resid.data() + size_t(g) * C * d;
+    fp16* cg = cent.data() + size_t(g) * C * d;
+    auto set_unit = [&](int64_t j, const std::vector<double>& u) {
+      double sq = 0.0;
+      for (int i = 0; i < d; ++i) sq += u[size_t(i)] * u[size_t(i)];
+      for (int i = 0; i < d; ++i) cg[j * d + i] = float_to_fp16(static_cast<float>(u[size_t(i)] / std::sqrt(sq)));
+    };
     for (int64_t j = 0; j < C; ++j) {
       const std::vector<float> u = random_unit(rng, d);
-      for (int i = 0; i < d; ++i) {
-        cg[j * d + i] = float_to_bf16(u[size_t(i)]);
-        rg[j * d + i] = float_to_bf16(u[size_t(i)] - bf16_to_float(cg[j * d + i]));
-      }
+      set_unit(j, std::vector<double>(u.begin(), u.end()));
     }
     auto copy_row = [&](int64_t dst, int64_t src) {
-      if (dst < C) {
-        std::copy_n(cg + src * d, d, cg + dst * d);
-        std::copy_n(rg + src * d, d, rg + dst * d);
-      }
+      if (dst < C) std::copy_n(cg + src * d, d, cg + dst * d);
     };
     for (int64_t s = 0; s < S; ++s) {
       const int64_t lo = lo_of(s), hi = hi_of(s);
@@ -554,21 +553,12 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
       if (s > 0 && lo + 1 < hi) copy_row(lo + 1, lo_of(0) + 1);                           // earlier segment
     }
     // Near twins: normalise(c + 0.01 v) scores within about 1e-3 of c on c's tokens, below what bf16
-    // operands resolve (a third of such tokens would miss by more than 1e-6 of sum |x|), so split
-    // scores must order them (in the same column warp and across the two).
+    // operands resolve, so the fp16 scores must order them (in the same column warp and across the two).
     auto near_twin = [&](int64_t dst, int64_t src) {
       const std::vector<float> v = random_unit(rng, d);
       std::vector<double> u(static_cast<size_t>(d));
-      double sq = 0.0;
-      for (int i = 0; i < d; ++i) {
-        u[size_t(i)] = double(bf16_to_float(cg[src * d + i])) + bf16_to_float(rg[src * d + i]) + 0.01 * v[size_t(i)];
-        sq += u[size_t(i)] * u[size_t(i)];
-      }
-      for (int i = 0; i < d; ++i) {
-        const float ui = static_cast<float>(u[size_t(i)] / std::sqrt(sq));
-        cg[dst * d + i] = float_to_bf16(ui);
-        rg[dst * d + i] = float_to_bf16(ui - bf16_to_float(cg[dst * d + i]));
-      }
+      for (int i = 0; i < d; ++i) u[size_t(i)] = double(fp16_to_float(cg[src * d + i])) + 0.01 * v[size_t(i)];
+      set_unit(dst, u);
     };
     for (int64_t s = 0; s < S; ++s) {
       const int64_t lo = lo_of(s), hi = hi_of(s);
@@ -577,10 +567,7 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
         near_twin(lo + i + 100, lo + i + 30);
       }
     }
-    for (size_t e = 0; e < size_t(C) * d; ++e) {
-      centf[size_t(g) * C * d + e] = bf16_to_float(cg[e]);
-      centsplit[size_t(g) * C * d + e] = bf16_to_float(cg[e]) + bf16_to_float(rg[e]);  // exact in fp32
-    }
+    for (size_t e = 0; e < size_t(C) * d; ++e) centf[size_t(g) * C * d + e] = fp16_to_float(cg[e]);
     for (int i = 0; i < d; ++i) mean[size_t(g) * d + i] = 2.0f * normal(rng);
     for (int64_t t = 0; t < n; ++t) {
       const int64_t s = t / seg;
@@ -591,19 +578,36 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
     }
   }
 
-  DeviceBuffer dx(kv.k.size() * 2), dmean(mean.size() * 4), dcent(cent.size() * 2), dresid(resid.size() * 2),
-      dkeys(size_t(G) * n * 4), dcounts(size_t(G) * C * 4);
-  for (const DeviceBuffer* b : {&dx, &dmean, &dcent, &dresid, &dkeys, &dcounts}) ASSERT_TRUE(b->ok()) << "cudaMalloc";
+  DeviceBuffer dx(kv.k.size() * 2), dmean(mean.size() * 4), dcent(cent.size() * 2), dkeys(size_t(G) * n * 4),
+      dcounts(size_t(G) * C * 4);
+  for (const DeviceBuffer* b : {&dx, &dmean, &dcent, &dkeys, &dcounts}) ASSERT_TRUE(b->ok()) << "cudaMalloc";
   ASSERT_CUDA(cudaMemcpy(dx.get(), kv.k.data(), kv.k.size() * 2, cudaMemcpyHostToDevice));
   ASSERT_CUDA(cudaMemcpy(dmean.get(), mean.data(), mean.size() * 4, cudaMemcpyHostToDevice));
   ASSERT_CUDA(cudaMemcpy(dcent.get(), cent.data(), cent.size() * 2, cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMemcpy(dresid.get(), resid.data(), resid.size() * 2, cudaMemcpyHostToDevice));
 
-  for (int mode = 0; mode < 4; ++mode) {
-    const bool split = mode >= 2, within = mode % 2 == 0;
-    SCOPED_TRACE(std::string(split ? "split scores, " : "bf16 scores, ") +
-                 (within ? "within segment" : "all centroids"));
-    const std::vector<float>& cref = split ? centsplit : centf;
+  // The kernel's X row: per 8-element chunk a fused sum of squares, the chunks combined by a
+  // butterfly (every lane ends with the same sum), then 1 / sqrt and the fp16 rounding.
+  const int chunks = d / 8;
+  auto unit_key = [&](int g, int64_t t) {
+    std::vector<float> xc(static_cast<size_t>(d)), part(static_cast<size_t>(chunks), 0.0f);
+    for (int i = 0; i < d; ++i) xc[size_t(i)] = kv.key(g, t, i) - mean[size_t(g) * d + i];
+    for (int ch = 0; ch < chunks; ++ch)
+      for (int e = 0; e < 8; ++e) part[size_t(ch)] = std::fma(xc[size_t(ch * 8 + e)], xc[size_t(ch * 8 + e)], part[size_t(ch)]);
+    for (int off = 1; off < chunks; off <<= 1) {
+      std::vector<float> next(part);
+      for (int ch = 0; ch < chunks; ++ch) next[size_t(ch)] = part[size_t(ch)] + part[size_t(ch ^ off)];
+      part.swap(next);
+    }
+    const float sq = part[0];
+    const float inv = sq > 0.0f ? 1.0f / std::sqrt(sq) : 0.0f;
+    std::vector<double> x(static_cast<size_t>(d));
+    for (int i = 0; i < d; ++i) x[size_t(i)] = fp16_to_float(float_to_fp16(xc[size_t(i)] * inv));
+    return x;
+  };
+
+  for (int mode = 0; mode < 2; ++mode) {
+    const bool within = mode == 0;
+    SCOPED_TRACE(within ? "within segment" : "all centroids");
     ASSERT_CUDA(cudaMemset(dkeys.get(), 0xFF, size_t(G) * n * 4));
     ASSERT_CUDA(cudaMemset(dcounts.get(), 0, size_t(G) * C * 4));
     cuda::WaveAssignParams p;
@@ -612,7 +616,6 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
     p.stride_token = kv.stride_token();
     p.mean_key = dmean.get<float>();
     p.centroids = dcent.get();
-    p.centroid_residuals = split ? dresid.get() : nullptr;
     p.num_groups = G;
     p.n = n;
     p.head_dim = d;
@@ -639,17 +642,12 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
         const int64_t lo = within ? lo_of(s) : 0, hi = within ? hi_of(s) : C;
         ASSERT_TRUE(cl >= lo && cl < hi) << "group " << g << " token " << t << " got key " << key;
         ++hist[size_t(g) * C + cl];
-        // The kernel's input: the centred key in fp32, rounded to bf16 for bf16 scores.
-        std::vector<double> xb(static_cast<size_t>(d));
+        const std::vector<double> xb = unit_key(g, t);
         double xabs = 0.0;
-        for (int i = 0; i < d; ++i) {
-          const float xc = kv.key(g, t, i) - mean[size_t(g) * d + i];
-          xb[size_t(i)] = split ? xc : bf16_to_float(float_to_bf16(xc));
-          xabs += std::fabs(xb[size_t(i)]);
-        }
+        for (int i = 0; i < d; ++i) xabs += std::fabs(xb[size_t(i)]);
         auto score = [&](int64_t j) {
           double s2 = 0.0;
-          for (int i = 0; i < d; ++i) s2 += xb[size_t(i)] * cref[(size_t(g) * C + j) * d + i];
+          for (int i = 0; i < d; ++i) s2 += xb[size_t(i)] * centf[(size_t(g) * C + j) * d + i];
           return s2;
         };
         int64_t best = lo;
@@ -660,14 +658,13 @@ TEST_P(WaveAssignGpu, PicksTheBestCentroidWithTiesToTheLowerIndex) {
             best = j;
           }
         exact += cl == best;
-        const bool near_best = score(cl) >= best_s - (split ? 1e-6 : 1e-5) * xabs;
-        auto same_row = [&](const std::vector<bf16>& m, int64_t j) {
-          const bf16* row = m.data() + (size_t(g) * C + j) * d;
-          return std::memcmp(row, m.data() + (size_t(g) * C + cl) * d, size_t(d) * 2) == 0;
+        const bool near_best = score(cl) >= best_s - 1e-6 * xabs;
+        auto same_row = [&](int64_t j) {
+          const fp16* row = cent.data() + (size_t(g) * C + j) * d;
+          return std::memcmp(row, cent.data() + (size_t(g) * C + cl) * d, size_t(d) * 2) == 0;
         };
         bool lower_twin = false;
-        for (int64_t j = lo; j < cl && !lower_twin; ++j)
-          lower_twin = same_row(cent, j) && (!split || same_row(resid, j));
+        for (int64_t j = lo; j < cl && !lower_twin; ++j) lower_twin = same_row(j);
         if ((!near_best || lower_twin) && bad++ < 5)
           ADD_FAILURE() << "group " << g << " token " << t << ": got " << cl << " (score " << score(cl) << ")"
                         << (lower_twin ? ", an identical centroid has a lower index" : "") << "; best " << best
