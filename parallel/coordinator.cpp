@@ -16,13 +16,15 @@ constexpr int kRoot = 0;
 
 // Every rank's EngineInfo, compared with rank 0's on every rank, so all throw or none.
 void check_engines_agree(const runtime::EngineInfo& info, Communicator& control) {
-  std::array<int64_t, 7> mine = {info.max_slots,
+  std::array<int64_t, 9> mine = {info.max_slots,
                                  info.vocab_size,
                                  info.prefill_chunk,
                                  info.max_sequence_tokens,
                                  static_cast<int64_t>(info.kv_capacity_bytes),
                                  static_cast<int64_t>(info.kv_bytes_per_token),
-                                 static_cast<int64_t>(info.kv_bytes_per_sequence)};
+                                 static_cast<int64_t>(info.kv_bytes_per_sequence),
+                                 info.chunked_prompt_limit,
+                                 info.chunked_prompts_in_progress};
   const int64_t bytes = static_cast<int64_t>(sizeof(mine));
   std::vector<int64_t> all(mine.size() * static_cast<size_t>(control.size()));
   control.all_gather(Tensor(mine.data(), DType::kInt8, {bytes}),
@@ -37,6 +39,8 @@ void check_engines_agree(const runtime::EngineInfo& info, Communicator& control)
     e.kv_capacity_bytes = static_cast<size_t>(v[4]);
     e.kv_bytes_per_token = static_cast<size_t>(v[5]);
     e.kv_bytes_per_sequence = static_cast<size_t>(v[6]);
+    e.chunked_prompt_limit = v[7];
+    e.chunked_prompts_in_progress = static_cast<int>(v[8]);
     return e;
   };
   for (int r = 1; r < control.size(); ++r)

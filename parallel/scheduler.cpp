@@ -44,9 +44,11 @@ std::string Scheduler::refusal(const Request& request) const {
   if (engine_.max_sequence_tokens > 0 && total > engine_.max_sequence_tokens)
     return fmt::format("needs {} tokens (prompt {} + max_new_tokens {}), more than the {} a sequence may hold", total,
                        prompt, request.max_new_tokens, engine_.max_sequence_tokens);
-  if (!engine_.chunks_prefill() && prompt > params_.max_batched_tokens)
-    return fmt::format("prompt of {} tokens exceeds the step budget of {} tokens, and the engine takes a prompt whole",
-                       prompt, params_.max_batched_tokens);
+  if (!engine_.chunks_prompt(prompt) && prompt > params_.max_batched_tokens)
+    return fmt::format(
+        "prompt of {} tokens exceeds the step budget of {} tokens, and the engine takes a prompt{} whole", prompt,
+        params_.max_batched_tokens,
+        engine_.chunks_prefill() ? fmt::format(" longer than {} tokens", engine_.chunked_prompt_limit) : std::string());
   const size_t need = engine_.kv_bytes(total);
   if (engine_.kv_capacity_bytes != 0 && need > engine_.kv_capacity_bytes) {
     const size_t cap = engine_.kv_capacity_bytes;
@@ -124,11 +126,22 @@ ScheduledStep Scheduler::plan_step() {
   }
   const int64_t decodes = static_cast<int64_t>(s.plan.items.size());
 
+  // Chunked prompts partly prefilled; a new one starts only below the engine's limit (oldest first).
+  int in_progress = 0;
+  for (const Sequence& seq : running_) {
+    const int64_t prompt = static_cast<int64_t>(seq.request.prompt.size());
+    in_progress += seq.prefilled > 0 && seq.prefilled < prompt ? 1 : 0;
+  }
+  const int max_in_progress = engine_.chunked_prompts_in_progress;
   for (Sequence& seq : running_) {
     const int64_t prompt = static_cast<int64_t>(seq.request.prompt.size());
+    const bool chunked = engine_.chunks_prompt(prompt);
+    if (chunked && seq.prefilled == 0 && max_in_progress > 0 && in_progress >= max_in_progress) continue;
     while (seq.prefilled < prompt) {
-      const int64_t n = engine_.chunks_prefill() ? std::min(engine_.prefill_chunk, prompt - seq.prefilled) : prompt;
+      const int64_t n = chunked ? std::min(engine_.prefill_chunk, prompt - seq.prefilled) : prompt;
       if (n > budget) break;
+      if (chunked && seq.prefilled == 0 && n < prompt) ++in_progress;
+      if (chunked && seq.prefilled > 0 && seq.prefilled + n == prompt) --in_progress;
       runtime::WorkItem item;
       item.slot = seq.slot;
       item.kind = runtime::WorkKind::kPrefill;

@@ -15,7 +15,8 @@
 //   1. one decode token for every running sequence whose prompt has ended, in slot order (max_running
 //      <= max_batched_tokens, so these always fit);
 //   2. prompt chunks of the sequences still in prefill, oldest first, as many whole chunks as the
-//      budget left holds. Chunks are cut at multiples of the engine's prefill_chunk, the cuts of a
+//      budget left holds (a prompt past the engine's chunked-prompt limit as one whole item; a new
+//      chunked prompt starts only while fewer than the engine's limit are partly prefilled). Chunks are cut at multiples of the engine's prefill_chunk, the cuts of a
 //      lone run of the prompt, so interleaving never changes a sequence's numbers; a chunk that does
 //      not fit waits for a later step (one always fits once the decodes ahead of it finish).
 // complete_step takes the token sampled from each logits row. A sequence finishes after a stop token

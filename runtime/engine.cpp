@@ -31,10 +31,20 @@ void EngineInfo::validate() const {
   RETRO_CHECK(prefill_chunk >= 0, "engine: prefill_chunk must be >= 0 (0: whole prompts), got {}", prefill_chunk);
   RETRO_CHECK(max_sequence_tokens >= 0, "engine: max_sequence_tokens must be >= 0 (0: no limit), got {}",
               max_sequence_tokens);
+  RETRO_CHECK(chunked_prompt_limit >= 0 && chunked_prompts_in_progress >= 0,
+              "engine: chunked_prompt_limit ({}) and chunked_prompts_in_progress ({}) must be >= 0 (0: no limit)",
+              chunked_prompt_limit, chunked_prompts_in_progress);
+  RETRO_CHECK(prefill_chunk > 0 || (chunked_prompt_limit == 0 && chunked_prompts_in_progress == 0),
+              "engine: chunked-prompt limits without prefill chunks");
 }
 
 std::string EngineInfo::describe() const {
   std::string chunks = chunks_prefill() ? fmt::format("prefill chunks of {}", prefill_chunk) : "whole-prompt prefill";
+  if (chunks_prefill() && chunked_prompt_limit > 0)
+    chunks += fmt::format(" (prompts of up to {} tokens; longer ones whole)", chunked_prompt_limit);
+  if (chunks_prefill() && chunked_prompts_in_progress > 0)
+    chunks += fmt::format(", {} prompt{} in progress at most", chunked_prompts_in_progress,
+                          chunked_prompts_in_progress == 1 ? "" : "s");
   std::string pool = kv_capacity_bytes == 0 ? "unbounded" : format_bytes(kv_capacity_bytes);
   return fmt::format("{} slots, {}, KV pool {} ({} per token + {} per sequence)", max_slots, chunks, pool,
                      format_bytes(kv_bytes_per_token), format_bytes(kv_bytes_per_sequence));
@@ -62,10 +72,16 @@ void validate_step(const EngineInfo& info, std::span<const WorkItem> items, cons
     if (item.kind == WorkKind::kPrefill) {
       RETRO_CHECK(n > 0, "{}: no tokens", what);
       RETRO_CHECK(!done[s], "{}: the slot's prompt has already ended", what);
-      if (info.chunks_prefill()) {
+      // A prompt past the chunked-prompt limit arrives whole; the others in chunks, within the limit.
+      const bool whole = info.chunks_prefill() && item.position == 0 && item.ends_prompt &&
+                         info.chunked_prompt_limit > 0 && n > info.chunked_prompt_limit;
+      if (info.chunks_prefill() && !whole) {
         RETRO_CHECK(n <= info.prefill_chunk, "{}: {} tokens, more than a prefill chunk of {}", what, n,
                     info.prefill_chunk);
-      } else {
+        RETRO_CHECK(info.chunked_prompt_limit == 0 || item.position + n <= info.chunked_prompt_limit,
+                    "{}: a chunked prompt past {} tokens (longer prompts arrive whole, in one item)", what,
+                    info.chunked_prompt_limit);
+      } else if (!whole) {
         RETRO_CHECK(item.position == 0 && item.ends_prompt, "{}: this engine takes a prompt whole, in one item", what);
       }
       done[s] = item.ends_prompt;
@@ -78,6 +94,13 @@ void validate_step(const EngineInfo& info, std::span<const WorkItem> items, cons
     RETRO_CHECK(info.max_sequence_tokens == 0 || length[s] <= info.max_sequence_tokens,
                 "{}: the slot would hold {} tokens, more than the {} a sequence may hold", what, length[s],
                 info.max_sequence_tokens);
+    if (info.chunked_prompts_in_progress > 0 && item.kind == WorkKind::kPrefill && !item.ends_prompt) {
+      int64_t in_progress = 0;
+      for (size_t t = 0; t < length.size(); ++t) in_progress += length[t] > 0 && !done[t] ? 1 : 0;
+      RETRO_CHECK(in_progress <= info.chunked_prompts_in_progress,
+                  "{}: {} prompts would be partly prefilled, the engine holds at most {}", what, in_progress,
+                  info.chunked_prompts_in_progress);
+    }
   }
 }
 

@@ -11,6 +11,10 @@
 //                       leaves every result bit-identical to a sequence run alone);
 //   prefill_chunk == 0  a prompt arrives whole, in one item (a model whose prefill must see the
 //                       whole prompt, like the GPU model's wave prefill, runtime/cuda/gpu_model.h);
+//   chunked prompts     with prefill_chunk > 0, a model may chunk only prompts of at most
+//                       chunked_prompt_limit tokens (longer ones arrive whole) and hold at most
+//                       chunked_prompts_in_progress partly prefilled prompts at once (the GPU wave
+//                       model keeps an in-flight prompt's K/V of every layer in one device region);
 //   KV accounting       a linear bound on the KV bytes of a sequence of T tokens and the capacity
 //                       of the pool they come from, so admission never runs a pool dry.
 // Decode items may name any set of distinct occupied slots, in any order: an engine over a model whose
@@ -54,6 +58,10 @@ struct EngineInfo {
   int max_slots = 0;            // slots [0, max_slots)
   int64_t vocab_size = 0;       // width of a logits row
   int64_t prefill_chunk = 0;    // > 0: largest prompt chunk, chunks cut at its multiples; 0: whole prompts
+  // With prefill_chunk > 0: prompts longer than chunked_prompt_limit arrive whole, in one item (0: every
+  // prompt is chunked); at most chunked_prompts_in_progress prompts are partly prefilled at once (0: no limit).
+  int64_t chunked_prompt_limit = 0;
+  int chunked_prompts_in_progress = 0;
   int64_t max_sequence_tokens = 0;  // tokens one sequence may hold (prompt + generated); 0: no limit
   // KV accounting of this rank: a sequence of T tokens holds at most
   // kv_bytes_per_token * T + kv_bytes_per_sequence bytes of a pool of kv_capacity_bytes (0: unbounded).
@@ -62,6 +70,10 @@ struct EngineInfo {
   size_t kv_bytes_per_sequence = 0;
 
   bool chunks_prefill() const { return prefill_chunk > 0; }
+  // Whether a prompt of `prompt_tokens` arrives in chunks (else whole).
+  bool chunks_prompt(int64_t prompt_tokens) const {
+    return chunks_prefill() && (chunked_prompt_limit == 0 || prompt_tokens <= chunked_prompt_limit);
+  }
   // The bound above for a sequence of `tokens` tokens.
   size_t kv_bytes(int64_t tokens) const;
   // Throws retro::Error (kInvalidArgument) naming the field when a count is out of range.

@@ -265,6 +265,71 @@ TEST(Scheduler, WholePromptEnginesGetAPromptInOneItem) {
   sim.run();
 }
 
+// An engine that chunks prompts of at most 12 tokens, one at a time, and takes longer ones whole.
+EngineInfo region_engine_info(int slots) {
+  EngineInfo e = engine_info(slots, 4);
+  e.chunked_prompt_limit = 12;
+  e.chunked_prompts_in_progress = 1;
+  return e;
+}
+
+TEST(Scheduler, ChunksOnePromptAtATimeAndTakesPromptsPastTheLimitWhole) {
+  Scheduler s(region_engine_info(4), {.max_running = 4, .max_batched_tokens = 16});
+  EXPECT_EQ(s.refusal(request(20, 4)), "prompt of 20 tokens exceeds the step budget of 16 tokens, and the engine "
+                                       "takes a prompt longer than 12 tokens whole");
+  Simulation sim(s);  // validate_step refuses any plan with two prompts partly prefilled
+  const RequestId a = s.submit(request(10, 3));
+  const RequestId b = s.submit(request(8, 3));
+  const RequestId c = s.submit(request(14, 3));
+  sim.run();
+  for (RequestId id : {a, b, c}) EXPECT_EQ(sim.results.at(id).tokens.size(), 3u);
+  // a's chunks come first; b starts only in the step where a's prompt ends or later; c arrives whole.
+  int a_end = -1, b_start = -1, c_whole = -1;
+  for (size_t p = 0; p < sim.plans.size(); ++p)
+    for (const WorkItem& item : sim.plans[p].items) {
+      if (item.kind != WorkKind::kPrefill) continue;
+      if (item.slot == 0 && item.ends_prompt) a_end = int(p);
+      if (item.slot == 1 && item.position == 0) b_start = int(p);
+      if (item.slot == 2) {
+        EXPECT_EQ(item.tokens.size(), 14u) << sim.plans[p].describe();
+        EXPECT_TRUE(item.ends_prompt);
+        c_whole = int(p);
+      }
+    }
+  ASSERT_GE(a_end, 0);
+  EXPECT_GE(b_start, a_end);
+  EXPECT_GE(c_whole, 0);
+}
+
+TEST(EngineRules, ChunkedPromptLimitsAreEnforced) {
+  const EngineInfo e = region_engine_info(2);
+  const std::vector<int64_t> empty(2, 0);
+  const std::vector<bool> not_done(2, false);
+  auto prefill = [](int slot, int64_t position, int n, bool ends) {
+    WorkItem item;
+    item.slot = slot;
+    item.kind = WorkKind::kPrefill;
+    item.position = position;
+    item.tokens.assign(size_t(n), 7);
+    item.ends_prompt = ends;
+    return item;
+  };
+  auto refusal = [&](const std::vector<WorkItem>& items, const std::vector<int64_t>& lengths) {
+    return error_of([&] { runtime::validate_step(e, items, lengths, not_done); }, ErrorKind::kInvalidArgument);
+  };
+  // A prompt within the limit must be chunked; one past it may come whole.
+  EXPECT_NE(refusal({prefill(0, 0, 10, true)}, empty).find("more than a prefill chunk of 4"), std::string::npos);
+  runtime::validate_step(e, std::vector{prefill(0, 0, 14, true)}, empty, not_done);
+  // A chunked prompt cannot grow past the limit.
+  EXPECT_NE(refusal({prefill(0, 12, 4, false)}, {12, 0}).find("a chunked prompt past 12 tokens"), std::string::npos);
+  // Two prompts partly prefilled at once are one too many; the second may start as the first ends.
+  EXPECT_NE(refusal({prefill(0, 0, 4, false), prefill(1, 0, 4, false)}, empty)
+                .find("2 prompts would be partly prefilled, the engine holds at most 1"),
+            std::string::npos);
+  runtime::validate_step(e, std::vector{prefill(0, 0, 4, false), prefill(0, 4, 2, true), prefill(1, 0, 4, false)},
+                         empty, not_done);
+}
+
 TEST(Scheduler, ShutdownCancelsEverythingAndReleasesEverySlot) {
   Scheduler s(engine_info(1, 8), {});
   Simulation sim(s);
