@@ -49,13 +49,17 @@ struct DenseDecodeOptions : KernelBenchOptions {
   std::string kernels = "auto";  // comma list of auto, registers, async
 };
 
+// --kernel names of dense-prefill, in the order of attention::cuda::PrefillKernel.
+const std::vector<std::string> kPrefillKernelNames = {"auto", "mma", "wgmma", "wgmma-pipelined", "wgmma-tma",
+                                                      "wgmma-ws"};
+
 struct DensePrefillOptions : KernelBenchOptions {
   DensePrefillOptions() {
     contexts = "16k,64k";
     warmup = 2;
     reps = 5;
   }
-  std::string kernels = "auto";  // comma list of auto, mma, wgmma, wgmma-pipelined, wgmma-tma, wgmma-ws
+  std::string kernels = "auto";  // comma list of kPrefillKernelNames
 };
 
 void add_kernel_bench_options(CLI::App& cmd, KernelBenchOptions& o) {
@@ -182,16 +186,12 @@ void run_dense_prefill(const DensePrefillOptions& o) {
   std::unique_ptr<std::ofstream> json;
   if (!o.json_out.empty()) json = std::make_unique<std::ofstream>(o.json_out, std::ios::app);
   // The kernels to time, auto resolved to the one it picks on this GPU.
-  std::vector<attention::cuda::PrefillKernel> kernels;
+  using attention::cuda::PrefillKernel;
+  static_assert(int(PrefillKernel::kWgmmaWs) == 5, "kPrefillKernelNames follows PrefillKernel");
+  std::vector<PrefillKernel> kernels;
   for (const std::string& name : names) {
-    using attention::cuda::PrefillKernel;
-    const PrefillKernel asked = name == "wgmma-ws"          ? PrefillKernel::kWgmmaWs
-                                : name == "wgmma-tma"       ? PrefillKernel::kWgmmaTma
-                                : name == "wgmma-pipelined" ? PrefillKernel::kWgmmaPipelined
-                                : name == "wgmma"           ? PrefillKernel::kWgmma
-                                : name == "mma"             ? PrefillKernel::kMmaSync
-                                                            : PrefillKernel::kAuto;
-    kernels.push_back(attention::cuda::resolve_prefill_kernel(asked));
+    const auto at = std::find(kPrefillKernelNames.begin(), kPrefillKernelNames.end(), name);
+    kernels.push_back(attention::cuda::resolve_prefill_kernel(PrefillKernel(at - kPrefillKernelNames.begin())));
   }
   fmt::print("| context | kernel | heads (q/kv) | head_dim | ms/layer | TFLOP/s (causal) |\n|---|---|---|---|---|---|\n");
   for (int64_t ctx : contexts) {
@@ -217,11 +217,7 @@ void run_dense_prefill(const DensePrefillOptions& o) {
     p.sm_scale = 1.0f / std::sqrt(float(o.head_dim));
     for (attention::cuda::PrefillKernel kernel : kernels) {
       p.kernel = kernel;
-      const char* name = kernel == attention::cuda::PrefillKernel::kWgmmaWs          ? "wgmma-ws"
-                         : kernel == attention::cuda::PrefillKernel::kWgmmaTma         ? "wgmma-tma"
-                         : kernel == attention::cuda::PrefillKernel::kWgmmaPipelined ? "wgmma-pipelined"
-                         : kernel == attention::cuda::PrefillKernel::kWgmma        ? "wgmma"
-                                                                                   : "mma";
+      const char* name = kPrefillKernelNames[size_t(kernel)].c_str();
       double ms = median_ms([&] { attention::cuda::run_prefill_attention(p, nullptr); }, o.warmup, o.reps);
       const double flops = 4.0 * o.heads * o.head_dim * double(ctx) * double(ctx) / 2.0;
       const double tflops = flops / ms / 1e9;
@@ -261,11 +257,11 @@ void register_gpu_attention_benches(CLI::App& bench) {
   CLI::App* p = bench.add_subcommand("dense-prefill", "GPU causal prefill attention per layer (tensor cores) on random Q/K/V");
   add_kernel_bench_options(*p, *prefill);
   p->add_option("--kernel", prefill->kernels,
-                "Kernels to time, comma list: auto (wgmma-pipelined on Hopper builds with sm_90a, else mma), mma, "
+                "Kernels to time, comma list: auto (wgmma-ws on Hopper builds with sm_90a, else mma), mma, "
                 "wgmma, wgmma-pipelined, wgmma-tma (the pipelined schedule with TMA loads), wgmma-ws (warp-specialised: "
                 "a TMA producer warpgroup and two consumer warpgroups)")
       ->capture_default_str()
-      ->check(kernel_list({"auto", "mma", "wgmma", "wgmma-pipelined", "wgmma-tma", "wgmma-ws"}));
+      ->check(kernel_list(kPrefillKernelNames));
   p->callback([prefill] {
 #ifdef RETRO_WITH_CUDA
     run_dense_prefill(*prefill);

@@ -53,8 +53,7 @@ void run_prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream)
   RETRO_CHECK(p.q && p.k && p.v && p.out, "prefill attention: null tensor pointer");
   RETRO_CHECK(p.q_stride_token % 8 == 0 && p.kv_stride_token % 8 == 0 && p.kv_stride_head % 8 == 0,
               "prefill attention: strides must keep rows 16-byte aligned");
-  const bool wgmma = p.kernel == PrefillKernel::kWgmma || p.kernel == PrefillKernel::kWgmmaPipelined ||
-                     p.kernel == PrefillKernel::kWgmmaTma || p.kernel == PrefillKernel::kWgmmaWs;
+  const bool wgmma = p.kernel != PrefillKernel::kAuto && p.kernel != PrefillKernel::kMmaSync;  // every other kind
   RETRO_CHECK_KIND(!wgmma || prefill_wgmma_available(), ErrorKind::kUnsupported,
                    "prefill attention: the wgmma kernel needs a build with sm_90a code and a compute "
                    "capability 9.0 GPU");

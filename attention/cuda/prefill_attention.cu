@@ -73,6 +73,11 @@ bool kv_tensor_map(CUtensorMap* map, const void* base, const PrefillAttentionPar
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// The tensor maps of K and V (kv_tensor_map), false where TMA cannot describe them.
+bool kv_tensor_maps(const PrefillAttentionParams& p, int block_n, CUtensorMap* k, CUtensorMap* v, int* heads_inner) {
+  return kv_tensor_map(k, p.k, p, block_n, heads_inner) && kv_tensor_map(v, p.v, p, block_n, heads_inner);
+}
+
 template <int kHeadDim, bool kPipelined, bool kTma>
 cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
   using namespace kernels;
@@ -84,9 +89,7 @@ cudaError_t launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
   CUtensorMap tmap_k{}, tmap_v{};
   int heads_inner = 0;
   if constexpr (kTma) {
-    if (!kv_tensor_map(&tmap_k, p.k, p, Tile::kBlockN, &heads_inner) ||
-        !kv_tensor_map(&tmap_v, p.v, p, Tile::kBlockN, &heads_inner))
-      return cudaErrorNotSupported;
+    if (!kv_tensor_maps(p, Tile::kBlockN, &tmap_k, &tmap_v, &heads_inner)) return cudaErrorNotSupported;
   }
   dim3 grid(static_cast<unsigned>((p.n_q + Tile::kBlockM - 1) / Tile::kBlockM), static_cast<unsigned>(p.num_q_heads));
   kernel<<<grid, Tile::kThreads, smem, stream>>>(
@@ -105,9 +108,7 @@ cudaError_t launch_ws(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (st != cudaSuccess) return st;
   CUtensorMap tmap_k{}, tmap_v{};
   int heads_inner = 0;
-  if (!kv_tensor_map(&tmap_k, p.k, p, Tile::kBlockN, &heads_inner) ||
-      !kv_tensor_map(&tmap_v, p.v, p, Tile::kBlockN, &heads_inner))
-    return cudaErrorNotSupported;
+  if (!kv_tensor_maps(p, Tile::kBlockN, &tmap_k, &tmap_v, &heads_inner)) return cudaErrorNotSupported;
   dim3 grid(static_cast<unsigned>((p.n_q + Tile::kBlockM - 1) / Tile::kBlockM), static_cast<unsigned>(p.num_q_heads));
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
       static_cast<const __nv_bfloat16*>(p.q), p.q_stride_token, static_cast<const __nv_bfloat16*>(p.k),
