@@ -609,13 +609,12 @@ __global__ void __launch_bounds__(kHeadDim)
     est_o = p.selection.estimate_o[row * kHeadDim + d];
     est_lse = p.selection.estimate_lse[row];
   }
-  // Every state in turn, as its base-2 LSE and a reader of its element d (read only when the LSE is
-  // finite): the retrieval splits, the estimation zone, and the steady zone as one state or as the
-  // split states of its decode attention (base-2 LSEs).
+  // Every state in turn, as its base-2 LSE and a reader of its element d: the retrieval splits, the
+  // estimation zone, and the steady zone as one state or as the split states of its decode attention
+  // (base-2 LSEs). The retrieval splits are unrolled and the second pass reads every o whatever its
+  // LSE (selected away, never multiplied, when the LSE is -inf): the loads of several states are in
+  // flight at once instead of one global-memory latency per state.
   const int steady_splits = p.steady_splits;
-  // The retrieval splits are unrolled and the second pass reads every o whatever its LSE (selected
-  // away, never multiplied, when the LSE is -inf): the loads of several states are in flight at once
-  // instead of one global-memory latency per state.
   auto each_state = [&](auto&& take) {
 #pragma unroll 8
     for (int s = 0; s < num_splits; ++s)
