@@ -126,12 +126,13 @@ ScheduledStep Scheduler::plan_step() {
   }
   const int64_t decodes = static_cast<int64_t>(s.plan.items.size());
 
-  // Chunked prompts partly prefilled; a new one starts only below the engine's limit (oldest first).
+  // Prompts partly prefilled (only chunked ones can be); a new one starts only below the engine's
+  // limit (oldest first).
+  auto partly = [](const Sequence& seq, int64_t prefilled) {
+    return prefilled > 0 && prefilled < static_cast<int64_t>(seq.request.prompt.size());
+  };
   int in_progress = 0;
-  for (const Sequence& seq : running_) {
-    const int64_t prompt = static_cast<int64_t>(seq.request.prompt.size());
-    in_progress += seq.prefilled > 0 && seq.prefilled < prompt ? 1 : 0;
-  }
+  for (const Sequence& seq : running_) in_progress += partly(seq, seq.prefilled) ? 1 : 0;
   const int max_in_progress = engine_.chunked_prompts_in_progress;
   for (Sequence& seq : running_) {
     const int64_t prompt = static_cast<int64_t>(seq.request.prompt.size());
@@ -140,8 +141,7 @@ ScheduledStep Scheduler::plan_step() {
     while (seq.prefilled < prompt) {
       const int64_t n = chunked ? std::min(engine_.prefill_chunk, prompt - seq.prefilled) : prompt;
       if (n > budget) break;
-      if (chunked && seq.prefilled == 0 && n < prompt) ++in_progress;
-      if (chunked && seq.prefilled > 0 && seq.prefilled + n == prompt) --in_progress;
+      in_progress += int(partly(seq, seq.prefilled + n)) - int(partly(seq, seq.prefilled));
       runtime::WorkItem item;
       item.slot = seq.slot;
       item.kind = runtime::WorkKind::kPrefill;
